@@ -1,0 +1,196 @@
+"""Configuration dataclasses and named presets.
+
+Every model part is built from a frozen dataclass; a preset is a function-free constant of
+:class:`VincieConfig`. Field names of :class:`DiTConfig` and :class:`VAEConfig` follow the official
+constructor arguments so that an official ``meta.json``/YAML maps onto them one to one.
+
+Example:
+    >>> from vincie_sdk.config import PRESETS
+    >>> PRESETS["vincie-3b"].dit.vid_dim
+    2560
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# The official default negative prompt (configs/generate.yaml, `generation.negative_prompt`).
+DEFAULT_NEGATIVE_PROMPT = (
+    "Worst quality, Normal quality, Low quality, Low res, Blurry, Jpeg artifacts, Grainy, text, logo, "
+    "watermark, banner, extra digits, signature, subtitling, Bad anatomy, Bad proportions, Deformed, "
+    "Disconnected limbs, Disfigured, Extra arms, Extra limbs, Extra hands, Fused fingers, Gross proportions, "
+    "Long neck, Malformed limbs, Mutated, Mutated hands, Mutated limbs, Missing arms, Missing fingers, "
+    "Poorly drawn hands, Poorly drawn face, Nsfw, Uncensored, Cleavage, Nude, Nipples, Overexposed, "
+    "Plain background, Grainy, Underexposed, Deformed structures"
+)
+
+# The static-camera tag the paper prepends at inference (official CAMERA_PREFIX example).
+STATIC_CAMERA_PREFIX = "[###CAMERA: None###] "
+
+AttentionKind = Literal["full", "block_causal"]
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """The MM-DiT ("NaDiT") hyper-parameters; names follow the official constructor."""
+
+    vid_in_channels: int = 33  # x_t (16) | context latent (16) | context flag (1)
+    vid_out_channels: int = 16  # predicted velocity channels (one latent)
+    vid_dim: int = 2560  # hidden width, shared by the video and text streams
+    txt_in_dim: int = 5120  # text-encoder hidden size
+    heads: int = 20
+    head_dim: int = 128
+    expand_ratio: float = 4  # SwiGLU hidden = 256 * ceil(int(2 * dim * ratio / 3) / 256)
+    norm_eps: float = 1e-5
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # (t, h, w)
+    num_layers: int = 32
+    mm_layers: int = 10  # blocks [0, mm_layers) have separate video/text weights
+    rope_dim: int = 128  # rotary dims split over 3 axes: rope_dim // 3 per axis
+    time_embed_dim: int = 256  # sinusoidal timestep features fed to emb_in
+    max_num_prompts: int = 64  # rows of prompt_id_embedding (turn ids)
+    # "full": official layout (context frames as condition channels, all frames noised).
+    # "block_causal": the paper's interleaved variant (see models/dit.py).
+    attention: AttentionKind = "full"
+
+    @property
+    def emb_dim(self) -> int:
+        return 6 * self.vid_dim
+
+    @property
+    def mlp_hidden(self) -> int:
+        return 256 * math.ceil(int(2 * self.vid_dim * self.expand_ratio / 3) / 256)
+
+    def __post_init__(self) -> None:
+        if self.heads * self.head_dim != self.vid_dim:
+            raise ValueError(
+                f"DiTConfig: heads ({self.heads}) x head_dim ({self.head_dim}) must equal vid_dim ({self.vid_dim})"
+            )
+        if not 0 <= self.mm_layers <= self.num_layers:
+            raise ValueError(f"DiTConfig: mm_layers={self.mm_layers} must be within [0, num_layers={self.num_layers}]")
+        if 3 * 2 * (self.rope_dim // 3 // 2) > self.head_dim:
+            raise ValueError(f"DiTConfig: rope_dim={self.rope_dim} needs more than head_dim={self.head_dim} dims")
+        if self.attention not in ("full", "block_causal"):
+            raise ValueError(f"DiTConfig: attention={self.attention!r}; use 'full' or 'block_causal'")
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """The causal 3-D KL autoencoder (official `VideoAutoencoderKLWrapper`, s8_c16_t4 SD3-style)."""
+
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2  # encoder; the decoder uses layers_per_block + 1
+    latent_channels: int = 16
+    norm_num_groups: int = 32
+    in_channels: int = 3
+    out_channels: int = 3
+    temporal_scale_num: int = 2  # number of x2 temporal stages (x4 in total)
+    spatial_downsample_factor: int = 8
+    temporal_downsample_factor: int = 4
+    mid_attention: bool = True
+    scaling_factor: float = 0.9152  # DiT latent = (z - shift) * scale
+    shifting_factor: float = 0.0
+    use_sample: bool = True  # official encode draws a posterior sample, not the mean
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """A Hugging Face causal LM used as text encoder (last hidden state + one end-of-text token)."""
+
+    subfolder: str = "llm14b"  # folder inside the checkpoint directory
+    hidden_size: int = 5120
+    max_length: int = 150
+    trust_remote_code: bool = True  # the official llm14b is Qwen-14B remote code
+    dtype: str = "bfloat16"
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Flow-matching Euler sampling with classifier-free guidance (official defaults)."""
+
+    steps: int = 50
+    shift: float = 12.0
+    num_train_timesteps: float = 1000.0
+    cfg_scale: float = 7.5
+    cfg_rescale: float = 0.0
+    cfg_partial: float = 1.0  # fraction of the steps that use guidance
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How a session's prompts and images are turned into model inputs."""
+
+    resolution: int = 256  # target area is resolution**2
+    pad_img_placeholder: bool = True  # "Based on <IMGj>, ... Output <IMGj+1>: "
+    camera_prefix: str = ""  # e.g. STATIC_CAMERA_PREFIX
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    max_side: int = 4096  # refuse larger inputs rather than silently allocating huge buffers
+
+
+@dataclass(frozen=True)
+class VincieConfig:
+    """Everything needed to build a VINCIE model; saved as ``config.json`` beside the weights."""
+
+    name: str
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VincieConfig":
+        parts = {"dit": DiTConfig, "vae": VAEConfig, "text": TextEncoderConfig,
+                 "sampler": SamplerConfig, "session": SessionConfig}
+        kwargs: dict[str, Any] = {"name": data.get("name", "custom")}
+        for key, klass in parts.items():
+            if key in data:
+                kwargs[key] = _build(klass, data[key], key)
+        return cls(**kwargs)
+
+    def replace(self, **parts: Any) -> "VincieConfig":
+        return dataclasses.replace(self, **parts)
+
+
+def _build(klass: type, values: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(klass)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"config section {where!r}: unknown keys {unknown}; known keys are {sorted(names)}")
+    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return klass(**fixed)
+
+
+VINCIE_3B = VincieConfig(name="vincie-3b")
+
+# A few-million-parameter model with the official layout, for tests and the CLI demo before the
+# embedded model exists. Random weights: it exercises every code path, it does not edit meaningfully.
+TINY = VincieConfig(
+    name="tiny",
+    dit=DiTConfig(vid_dim=64, txt_in_dim=32, heads=2, head_dim=32, num_layers=2, mm_layers=1,
+                  rope_dim=30, max_num_prompts=64),
+    vae=VAEConfig(block_out_channels=(8, 8, 16, 16), norm_num_groups=4),
+    text=TextEncoderConfig(subfolder="text_encoder", hidden_size=32, max_length=64,
+                           trust_remote_code=False, dtype="float32"),
+    sampler=SamplerConfig(steps=4),
+    session=SessionConfig(resolution=64),
+)
+
+PRESETS: dict[str, VincieConfig] = {c.name: c for c in (VINCIE_3B, TINY)}
+
+
+def get_preset(name: str) -> VincieConfig:
+    """Return a named preset, or raise a ValueError listing the known names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}") from None
