@@ -1,0 +1,85 @@
+"""Flow-matching schedule, timesteps and Euler step (weightless; shared by training and sampling).
+
+The official diffusion is a "lerp" schedule on a continuous clock ``t in [0, T]`` (T = 1000):
+``x_t = (1 - t/T) * x0 + (t/T) * noise``; the network predicts ``v = noise - x0``. Sampling walks
+uniform-trailing timesteps warped by ``shift`` and ends with a jump to ``x0``.
+
+diffusers' ``FlowMatchEulerDiscreteScheduler`` reproduces this only when handed explicit sigmas and
+then differs in the last ulps; the official arithmetic is six lines, so it is written out here to
+stay bit-faithful (see the spec, section 5).
+
+Example:
+    >>> from vincie_sdk.config import SamplerConfig
+    >>> s = FlowMatchSampler(SamplerConfig(steps=50, shift=12.0))
+    >>> [round(float(t), 3) for t in s.timesteps()[:2]]
+    [1000.0, 998.302]
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import SamplerConfig
+
+
+class FlowMatchSampler:
+    """Weightless helper: timesteps, noising, targets, Euler steps and classifier-free guidance."""
+
+    def __init__(self, config: SamplerConfig) -> None:
+        self.config = config
+        self.T = float(config.num_train_timesteps)
+
+    # -- schedule --------------------------------------------------------------------------------
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A(t) = 1 - t/T (data weight), B(t) = t/T (noise weight)."""
+        b = t / self.T
+        return 1 - b, b
+
+    def timesteps(self, steps: int | None = None, shift: float | None = None) -> torch.Tensor:
+        """(steps,) float32 sampling timesteps, from T down to T/steps warped by ``shift``."""
+        steps = steps or self.config.steps
+        shift = self.config.shift if shift is None else shift
+        u = torch.arange(1.0, 0.0, -1.0 / steps)[:steps]  # float32, as the official code
+        return self.T * (shift * u / (1 + (shift - 1) * u))
+
+    # -- training --------------------------------------------------------------------------------
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t for per-sample (or per-token) t broadcast over trailing dims."""
+        a, b = self.alpha_sigma(t.reshape(t.shape + (1,) * (x0.ndim - t.ndim)))
+        return a * x0 + b * noise
+
+    @staticmethod
+    def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return noise - x0
+
+    def sample_training_timesteps(self, n: int, generator: torch.Generator | None = None,
+                                  loc: float = 0.0, scale: float = 1.0, device=None) -> torch.Tensor:
+        """Logit-normal t = T * sigmoid(N(loc, scale)) (the paper's and the official training setting)."""
+        z = torch.randn(n, generator=generator, device=device) * scale + loc
+        return self.T * torch.sigmoid(z)
+
+    # -- sampling --------------------------------------------------------------------------------
+    def step(self, x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+        """One Euler step from t to s; ``s=None`` (after the last timestep) jumps to the x0 estimate."""
+        a_t, b_t = self.alpha_sigma(t)
+        x0 = (x - b_t * v) / (a_t + b_t)
+        if s is None or s < 0:
+            return x0
+        xT = (x + a_t * v) / (a_t + b_t)
+        if s > self.T:
+            return xT
+        a_s, b_s = self.alpha_sigma(s)
+        return a_s * x0 + b_s * xT
+
+    def guidance_scale(self, index: int, steps: int) -> float:
+        """CFG scale at step ``index``: guided for the first ``cfg_partial`` fraction of the steps."""
+        return self.config.cfg_scale if (index + 1) / steps <= self.config.cfg_partial else 1.0
+
+    def guide(self, v_pos: torch.Tensor, v_neg: torch.Tensor, scale: float) -> torch.Tensor:
+        """v = v_neg + scale * (v_pos - v_neg), optionally rescaled towards the std of v_pos."""
+        v = v_neg + scale * (v_pos - v_neg)
+        r = self.config.cfg_rescale
+        if r:
+            dims = tuple(range(1, v.ndim))
+            v = v * (r * v_pos.std(dim=dims, keepdim=True) / v.std(dim=dims, keepdim=True) + (1 - r))
+        return v
