@@ -1,0 +1,192 @@
+"""``VincieModel``: the DiT, the VAE and the text encoder of one checkpoint, on their devices.
+
+Checkpoint layouts understood by :meth:`VincieModel.from_pretrained`:
+
+* an official release folder: ``dit.pth``, ``vae.pth``, ``llm14b/`` (e.g. VINCIE-3B); the DiT
+  config is recognised from tensor shapes, the VAE uses the official config;
+* our folder format: ``config.json``, ``dit.safetensors``, ``vae.safetensors``, ``text_encoder/``
+  (written by :meth:`save_pretrained` and ``vincie convert``);
+* the name of the embedded model, ``"vincie-shapes"``, shipped inside the package.
+
+Example:
+    >>> model = VincieModel.from_pretrained("path/to/VINCIE-3B", device="cuda", dtype="bfloat16")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import VincieConfig, get_preset
+from .loading import (atomic_dir, dit_config_from_state_dict, load_into, read_config, read_state_dict,
+                      resolve_dtype, save_safetensors, write_json)
+from .models.dit import VincieTransformer
+from .models.text_encoder import TextEncoder, build_text_encoder_folder
+from .models.vae import CausalVAE, convert_official_state_dict
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DIR = Path(__file__).parent / "weights"
+EMBEDDED_MODELS = ("vincie-shapes",)
+
+
+class VincieModel:
+    """The three networks of VINCIE plus their config. Holds no session state.
+
+    Args:
+        config: the full model config.
+        dit, vae, text_encoder: the networks (already on their devices and dtypes).
+        device: where the DiT and VAE run.
+        text_encoder_offload: keep the text encoder on the CPU and move it to ``device`` only while
+            encoding (saves its memory on the GPU between turns).
+    """
+
+    def __init__(self, config: VincieConfig, dit: VincieTransformer, vae: CausalVAE, text_encoder: TextEncoder,
+                 device: torch.device | str = "cpu", text_encoder_offload: bool = False) -> None:
+        self.config = config
+        self.dit = dit.eval().requires_grad_(False)
+        self.vae = vae.eval().requires_grad_(False)
+        self.text_encoder = text_encoder
+        self.device = torch.device(device)
+        self.text_encoder_offload = text_encoder_offload
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                        dtype: str | torch.dtype | None = "auto", text_encoder_path: str | os.PathLike | None = None,
+                        text_encoder_dtype: str | torch.dtype | None = None, text_encoder_offload: bool = False,
+                        allow_download: bool = False) -> "VincieModel":
+        """Load a checkpoint from a local folder (or the embedded model by name).
+
+        Args:
+            path: checkpoint folder, or ``"vincie-shapes"``. A hub id (``"ByteDance-Seed/VINCIE-3B"``)
+                is fetched only with ``allow_download=True``.
+            device: where the DiT and VAE run.
+            dtype: DiT weights/compute dtype: "auto" (bf16 on CUDA, fp32 on CPU), "float32",
+                "bfloat16", "float16". The official single-GPU script runs the DiT in float32.
+            text_encoder_path: override the text-encoder folder (default: from the checkpoint).
+            text_encoder_dtype: default: the config's (bfloat16 for the official Qwen encoder).
+        """
+        folder = _resolve_location(path, allow_download)
+        device = torch.device(device)
+        dtype = resolve_dtype(dtype, device)
+        if (folder / "dit.pth").exists() and not (folder / "config.json").exists():
+            config, dit, vae = _load_official(folder)
+        elif (folder / "config.json").exists():
+            config = read_config(folder)
+            dit = _build_meta(VincieTransformer, config.dit)
+            load_into(dit, read_state_dict(folder / "dit.safetensors", "DiT weights"), f"{folder}/dit.safetensors")
+            vae = _build_meta(CausalVAE, config.vae)
+            load_into(vae, read_state_dict(folder / "vae.safetensors", "VAE weights"), f"{folder}/vae.safetensors")
+        else:
+            raise FileNotFoundError(
+                f"{folder} is not a VINCIE checkpoint: expected config.json + dit.safetensors (this project's "
+                "format) or dit.pth + vae.pth + llm14b/ (the official release)")
+        te_folder = Path(text_encoder_path) if text_encoder_path else folder / config.text.subfolder
+        te_device = torch.device("cpu") if text_encoder_offload else device
+        text_encoder = TextEncoder.from_pretrained(te_folder, config.text, device=te_device, dtype=text_encoder_dtype)
+        vae_dtype = torch.float32 if device.type == "cpu" else dtype
+        model = cls(config, dit.to(device=device, dtype=dtype), vae.to(device=device, dtype=vae_dtype),
+                    text_encoder, device, text_encoder_offload)
+        log.info("loaded %s from %s on %s (%s)", config.name, folder, device, dtype)
+        return model
+
+    @classmethod
+    def from_random(cls, config: VincieConfig, *, seed: int = 0, device: str | torch.device = "cpu",
+                    vocab: list[str] | None = None) -> "VincieModel":
+        """Randomly initialised model (tests, benchmarks, the start of training). It does not edit."""
+        torch.manual_seed(seed)
+        dit, vae = VincieTransformer(config.dit), CausalVAE(config.vae)
+        with tempfile.TemporaryDirectory() as tmp:
+            build_text_encoder_folder(tmp, vocab=vocab, hidden_size=config.text.hidden_size,
+                                      max_length=config.text.max_length, seed=seed)
+            text_encoder = TextEncoder.from_pretrained(tmp, config.text, device=device, dtype=torch.float32)
+        return cls(config, dit.to(device), vae.to(device), text_encoder, device)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write config.json, dit.safetensors, vae.safetensors and text_encoder/ atomically."""
+        folder = Path(folder)
+        with atomic_dir(folder) as tmp:
+            write_json(self.config.to_dict(), tmp / "config.json")
+            save_safetensors(self.dit.state_dict(), tmp / "dit.safetensors")
+            save_safetensors(self.vae.state_dict(), tmp / "vae.safetensors")
+            self.text_encoder.save_pretrained(tmp / self.config.text.subfolder)
+        return folder
+
+    # ------------------------------------------------------------------ encoders
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.dit.parameters()).dtype
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], use_cache: bool = True) -> list[torch.Tensor]:
+        """Text-encoder states per prompt, on ``self.device`` ((m_j, txt_in_dim) each)."""
+        te = self.text_encoder
+        if self.text_encoder_offload:
+            te.to(self.device)
+        try:
+            if not use_cache:
+                te.cache_clear()
+            out = te.encode(prompts)
+        finally:
+            if self.text_encoder_offload:
+                te.to("cpu")
+        return [e.to(self.device) for e in out]
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1] → DiT-space latents (N, H/8, W/8, C)."""
+        vae = self.vae
+        return vae.encode_images(images.to(self.device, vae.dtype), generator=generator).float()
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """DiT-space latents (N, h, w, C) → (N, 3, 8h, 8w) in about [-1, 1] (not clamped)."""
+        return self.vae.decode_images(latents.to(self.device, self.vae.dtype)).float()
+
+
+def _build_meta(klass, config):
+    # Built without memory, then the checkpoint tensors are assigned: no double allocation for 3B.
+    with torch.device("meta"):
+        return klass(config)
+
+
+def _load_official(folder: Path) -> tuple[VincieConfig, VincieTransformer, CausalVAE]:
+    dit_sd = read_state_dict(folder / "dit.pth", "official DiT checkpoint")
+    dit_cfg = dit_config_from_state_dict(dit_sd)
+    base = get_preset("vincie-3b")
+    config = base.replace(dit=dit_cfg, name=base.name if dit_cfg == base.dit else f"official-{folder.name}")
+    dit = load_into(_build_meta(VincieTransformer, dit_cfg), dit_sd, f"{folder}/dit.pth")
+    vae_sd = convert_official_state_dict(read_state_dict(folder / "vae.pth", "official VAE checkpoint"))
+    vae = load_into(_build_meta(CausalVAE, config.vae), vae_sd, f"{folder}/vae.pth")
+    return config, dit, vae
+
+
+def _resolve_location(path: str | os.PathLike, allow_download: bool) -> Path:
+    name = str(path)
+    if name in EMBEDDED_MODELS:
+        folder = EMBEDDED_DIR / name
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"the embedded model {name!r} is not installed at {folder}")
+        return folder
+    folder = Path(path).expanduser()
+    if folder.exists():
+        if not folder.is_dir():
+            raise ValueError(f"{folder} is a file; pass the checkpoint folder (dit + vae + text encoder)")
+        return folder
+    if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
+        if not allow_download:
+            raise FileNotFoundError(
+                f"{name!r} is not a local folder. To fetch it from the Hugging Face hub pass allow_download=True "
+                "(CLI: --allow-download), or download it yourself and pass the folder")
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(name))
+        except Exception as e:
+            raise RuntimeError(f"could not download {name!r}: {e}") from None
+    raise FileNotFoundError(f"model folder not found: {folder}")
