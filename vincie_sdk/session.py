@@ -1,0 +1,326 @@
+"""``Session``: a multi-turn editing history, its caches, and the operations the paper describes.
+
+A session is an ordered list of frames (images and region masks). Frame 0 is the source image;
+every later frame was introduced by one prompt. Each turn sees the whole history. By default the
+clean latent of every frame is kept in memory, so a turn encodes nothing it has seen before (the
+official script re-reads every PNG, re-encodes every image and prompt each turn; pass
+``exact_official=True`` to reproduce that round trip).
+
+Example:
+    >>> from vincie_sdk import VincieModel, Session
+    >>> model = VincieModel.from_pretrained("vincie-shapes")              # doctest: +SKIP
+    >>> s = Session(model, "scene.png", seed=1)                           # doctest: +SKIP
+    >>> img = s.edit("Add a red circle at the top left")                  # doctest: +SKIP
+    >>> s.undo(); s.save("scene.vincie")                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .image import ImageInput, load_image, mask_to_tensor, preprocess, tensor_to_mask, to_uint8, working_size
+from .loading import atomic_path
+from .model import VincieModel
+from .pipeline import FrameRequest, generate
+from .prompts import FrameKind, compose_prompts, frame_prompt
+
+log = logging.getLogger(__name__)
+
+SESSION_FORMAT = "vincie-session/1"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One image or mask of a session.
+
+    Attributes:
+        kind: image, current-region mask (CSP) or next-region mask (NSP).
+        image: the picture (inputs at their original size, generated frames at the working size).
+        latent: clean DiT-space latent (h, w, C), or None until encoded.
+        prompt: the formatted text that introduced this frame (None for frame 0).
+        instruction: the user's words for the turn that added it.
+        turn: 0 for inputs, then 1, 2, ... per user operation.
+    """
+
+    kind: FrameKind
+    image: Image.Image
+    latent: torch.Tensor | None = None
+    prompt: str | None = None
+    instruction: str | None = None
+    turn: int = 0
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    seed: int = 1
+    resolution: int | None = None  # None: the model's default
+    negative_prompt: str | None = None
+    camera_prefix: str | None = None
+    pad_img_placeholder: bool | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    exact_official: bool = False
+
+
+class Session:
+    """A multi-turn editing session (see the module docstring).
+
+    Args:
+        model: a loaded :class:`VincieModel`.
+        image: the source image (path, PIL image, array or tensor).
+        seed: noise seed (the official code uses the same seed every turn).
+        resolution: working area is resolution**2 pixels (default: the model's, 256 for VINCIE-3B).
+        negative_prompt, camera_prefix, pad_img_placeholder, steps, cfg_scale: override the model's defaults.
+        exact_official: reproduce the official script turn by turn (PNG round trip, re-encoding,
+            separate guidance passes) instead of the cached fast path.
+    """
+
+    def __init__(self, model: VincieModel, image: ImageInput | None = None, *, seed: int = 1,
+                 resolution: int | None = None, negative_prompt: str | None = None, camera_prefix: str | None = None,
+                 pad_img_placeholder: bool | None = None, steps: int | None = None, cfg_scale: float | None = None,
+                 exact_official: bool = False) -> None:
+        self.model = model
+        self.settings = SessionSettings(seed, resolution, negative_prompt, camera_prefix, pad_img_placeholder,
+                                        steps, cfg_scale, exact_official)
+        self.frames: list[Frame] = []
+        if image is not None:
+            self._add_inputs([load_image(image, max_side=self._cfg.max_side, what="source image")], [])
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def _cfg(self):
+        return self.model.config.session
+
+    @property
+    def resolution(self) -> int:
+        return self.settings.resolution or self._cfg.resolution
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Working (W, H) in pixels: set by the first image and the resolution."""
+        if not self.frames:
+            raise ValueError("the session has no image yet")
+        return working_size(self.frames[0].image.size, self.resolution)
+
+    def _opt(self, name: str):
+        value = getattr(self.settings, name)
+        return getattr(self._cfg, name) if value is None else value
+
+    # ------------------------------------------------------------------ views
+    @property
+    def images(self) -> list[Image.Image]:
+        """All image frames (source first), generated ones at the working size."""
+        return [f.image for f in self.frames if f.kind == FrameKind.IMAGE]
+
+    @property
+    def masks(self) -> list[Image.Image]:
+        return [f.image.convert("L") for f in self.frames if f.kind != FrameKind.IMAGE]
+
+    @property
+    def prompts(self) -> list[str]:
+        """The user's instruction of every turn, in order."""
+        seen: dict[int, str] = {}
+        for f in self.frames:
+            if f.turn > 0 and f.instruction is not None:
+                seen.setdefault(f.turn, f.instruction)
+        return [seen[k] for k in sorted(seen)]
+
+    @property
+    def turns(self) -> int:
+        return max((f.turn for f in self.frames), default=0)
+
+    def copy(self) -> "Session":
+        """A new session sharing the (immutable) frames: extending it leaves this one unchanged."""
+        other = copy.copy(self)
+        other.frames = list(self.frames)
+        return other
+
+    # ------------------------------------------------------------------ operations
+    def edit(self, instruction: str, *, mask: ImageInput | None = None, next_mask: ImageInput | None = None,
+             steps: int | None = None, cfg_scale: float | None = None, seed: int | None = None,
+             callback=None) -> Image.Image:
+        """Next-image prediction: apply ``instruction`` to the latest image; returns the new image.
+
+        Args:
+            mask: optional region to edit in the current image (white = edit), put in the context as
+                a current-region mask frame.
+            next_mask: optional region where the result should be (drag editing: a moved mask), put in
+                the context as a next-region mask frame.
+            callback: called after each sampling step with (step, steps).
+        """
+        instruction = self._check_instruction(instruction)
+        turn = self.turns + 1
+        src = self._last_image_index()
+        for kind, m in ((FrameKind.CURRENT_MASK, mask), (FrameKind.NEXT_MASK, next_mask)):
+            if m is not None:
+                self._append_mask(m, kind, instruction, src, turn)
+        return self._generate(instruction, FrameKind.IMAGE, src, turn, steps, cfg_scale, seed, callback).image
+
+    def predict_mask(self, instruction: str, which: Literal["current", "next"] = "current", *,
+                     steps: int | None = None, cfg_scale: float | None = None, seed: int | None = None,
+                     callback=None) -> Image.Image:
+        """CSP / NSP: the region that ``instruction`` changes in the current image, or where it will be
+        in the next one. Returns an 'L' mask at the working size; the session is not changed."""
+        kind = {"current": FrameKind.CURRENT_MASK, "next": FrameKind.NEXT_MASK}.get(which)
+        if kind is None:
+            raise ValueError(f"which={which!r}; use 'current' or 'next'")
+        trial = self.copy()
+        frame = trial._generate(self._check_instruction(instruction), kind, self._last_image_index(),
+                                self.turns + 1, steps, cfg_scale, seed, callback)
+        return frame.image.convert("L")
+
+    def chain_edit(self, instruction: str, **kwargs) -> Image.Image:
+        """Chain of editing (paper Table 3, CS → NS → I): predict the current-region mask, then the
+        next-region mask, each kept in the context, then the edited image."""
+        instruction = self._check_instruction(instruction)
+        turn, src = self.turns + 1, self._last_image_index()
+        for kind in (FrameKind.CURRENT_MASK, FrameKind.NEXT_MASK, FrameKind.IMAGE):
+            frame = self._generate(instruction, kind, src, turn, kwargs.get("steps"), kwargs.get("cfg_scale"),
+                                   kwargs.get("seed"), kwargs.get("callback"))
+        return frame.image
+
+    @classmethod
+    def compose(cls, model: VincieModel, references: list[ImageInput], instruction: str, **kwargs) -> "Session":
+        """Multi-concept composition: frames = references, then one image generated from all of them.
+
+        All references are resized to the first one's size (as the official code does). The result is
+        ``session.images[-1]``; the session can be edited further.
+        """
+        if not references:
+            raise ValueError("compose needs at least one reference image")
+        callback = kwargs.pop("callback", None)
+        session = cls(model, None, **kwargs)
+        imgs = [load_image(r, max_side=session._cfg.max_side, what=f"reference image {i}") for i, r in enumerate(references)]
+        prompts = compose_prompts(instruction if isinstance(instruction, str) else "", len(imgs))
+        session._add_inputs(imgs, prompts[:-1])
+        session._check_instruction(instruction)
+        session._generate(instruction, FrameKind.IMAGE, len(imgs) - 1, 1, None, None, None, callback,
+                          prompt=prompts[-1])
+        return session
+
+    def undo(self, turns: int = 1) -> None:
+        """Remove the frames of the last ``turns`` turns (the source images stay)."""
+        if turns < 0:
+            raise ValueError("turns must be >= 0")
+        last = self.turns - turns
+        self.frames = [f for f in self.frames if f.turn <= max(last, 0)]
+
+    # ------------------------------------------------------------------ internals
+    def _check_instruction(self, instruction: str) -> str:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError(f"instruction must be a non-empty string, got {instruction!r}")
+        if not self.frames:
+            raise ValueError("the session has no source image; create it with Session(model, image)")
+        limit = self.model.config.dit.max_num_prompts
+        if len(self.frames) + 1 > limit:
+            raise ValueError(f"this session already has {len(self.frames)} frames; the model has turn embeddings "
+                             f"for {limit} prompts. Undo turns or start a new session from the last image")
+        return instruction
+
+    def _last_image_index(self) -> int:
+        return max(i for i, f in enumerate(self.frames) if f.kind == FrameKind.IMAGE)
+
+    def _add_inputs(self, images: list[Image.Image], prompts: list[str]) -> None:
+        pixels = preprocess(images, self.resolution)  # (N, 3, h, w), all at the first image's size
+        latents = self._encode(pixels) if not self.settings.exact_official else [None] * len(images)
+        for i, (img, lat) in enumerate(zip(images, latents)):
+            self.frames.append(Frame(FrameKind.IMAGE, img, lat, prompts[i - 1] if i else None, None, 0))
+
+    def _append_mask(self, mask: ImageInput, kind: FrameKind, instruction: str, src: int, turn: int) -> None:
+        pixels = mask_to_tensor(mask, self.size, what=f"{kind.value} mask")
+        image = Image.fromarray(to_uint8(pixels))
+        latent = None if self.settings.exact_official else self._encode(pixels[None])[0]
+        prompt = self._prompt(instruction, kind, src, len(self.frames))
+        self.frames.append(Frame(kind, image, latent, prompt, instruction, turn))
+
+    def _prompt(self, instruction: str, kind: FrameKind, src: int, index: int) -> str:
+        return frame_prompt(instruction, src=src, index=index, kind=kind, pad_img_placeholder=self._opt("pad_img_placeholder"),
+                            camera_prefix=self._opt("camera_prefix"))
+
+    def _encode(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        generator = torch.Generator(device=self.model.device).manual_seed(self.settings.seed)
+        return list(self.model.encode_images(pixels, generator=generator))
+
+    def _context_latents(self) -> torch.Tensor:
+        if self.settings.exact_official:
+            # Official round trip: every frame re-read as uint8 pixels, resized to the first image's size,
+            # re-preprocessed and re-encoded (posterior sample from the global RNG).
+            pixels = preprocess([f.image for f in self.frames], self.resolution)
+            return self.model.encode_images(pixels, generator=None)
+        return torch.stack([f.latent for f in self.frames])
+
+    def _generate(self, instruction: str, kind: FrameKind, src: int, turn: int, steps, cfg_scale, seed, callback,
+                  prompt: str | None = None) -> Frame:
+        index = len(self.frames)
+        prompt = prompt or self._prompt(instruction, kind, src, index)
+        exact = self.settings.exact_official
+        request = FrameRequest(self._context_latents(), [f.prompt for f in self.frames[1:]] + [prompt],
+                               self.settings.seed if seed is None else seed)
+        latent = generate(self.model, [request], steps=steps or self.settings.steps,
+                          cfg_scale=self.settings.cfg_scale if cfg_scale is None else cfg_scale, negative_prompt=self._opt("negative_prompt"),
+                          batch_cfg=not exact, use_cache=not exact, callback=callback)[0]
+        decoded = self.model.decode_latents(latent[None])[0]
+        if exact:
+            decoded = decoded.to(torch.bfloat16)  # the official VAE output is bf16, and so is its uint8 arithmetic
+        if kind == FrameKind.IMAGE:
+            image = Image.fromarray(to_uint8(decoded))
+        else:
+            image = Image.fromarray((tensor_to_mask(decoded) * 255).round().astype(np.uint8)).convert("RGB")
+        frame = Frame(kind, image, None if exact else latent, prompt, instruction, turn)
+        self.frames.append(frame)
+        return frame
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the session (frames, latents, prompts, settings) as one safetensors file, atomically."""
+        from safetensors.torch import save_file
+
+        tensors, frames_meta = {}, []
+        for i, f in enumerate(self.frames):
+            tensors[f"frame{i}.image"] = torch.from_numpy(np.asarray(f.image.convert("RGB"), dtype=np.uint8).copy())
+            if f.latent is not None:
+                tensors[f"frame{i}.latent"] = f.latent.detach().float().cpu().contiguous()
+            frames_meta.append({"kind": f.kind.value, "prompt": f.prompt, "instruction": f.instruction, "turn": f.turn})
+        meta = {"format": SESSION_FORMAT, "model": self.model.config.name,
+                "settings": dataclasses.asdict(self.settings), "frames": frames_meta}
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"vincie_session": json.dumps(meta)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: VincieModel) -> "Session":
+        """Read a file written by :meth:`save`; latents move to the model's device."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"session file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("vincie_session", "null"))
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:
+            raise ValueError(f"cannot read session file {path}: {e}") from None
+        if not isinstance(meta, dict) or meta.get("format") != SESSION_FORMAT:
+            raise ValueError(f"{path} is not a VINCIE session file ({SESSION_FORMAT})")
+        if meta.get("model") != model.config.name:
+            log.warning("session %s was made with model %r, loading it with %r", path, meta.get("model"), model.config.name)
+        session = cls(model, None, **meta["settings"])
+        for i, fm in enumerate(meta["frames"]):
+            latent = tensors.get(f"frame{i}.latent")
+            session.frames.append(Frame(FrameKind(fm["kind"]), Image.fromarray(tensors[f"frame{i}.image"].numpy()),
+                                        None if latent is None else latent.to(model.device), fm["prompt"],
+                                        fm["instruction"], fm["turn"]))
+        return session
