@@ -185,7 +185,18 @@ TINY = VincieConfig(
     session=SessionConfig(resolution=64),
 )
 
-PRESETS: dict[str, VincieConfig] = {c.name: c for c in (VINCIE_3B, TINY)}
+# A ~20M-parameter official-layout model: big enough that timings mean something on a CPU.
+SMALL = VincieConfig(
+    name="small",
+    dit=DiTConfig(vid_dim=256, txt_in_dim=64, heads=4, head_dim=64, num_layers=6, mm_layers=2, rope_dim=60),
+    vae=VAEConfig(block_out_channels=(16, 32, 64, 64), norm_num_groups=8),
+    text=TextEncoderConfig(subfolder="text_encoder", hidden_size=64, max_length=64, trust_remote_code=False,
+                           dtype="float32"),
+    sampler=SamplerConfig(steps=10),
+    session=SessionConfig(resolution=128),
+)
+
+PRESETS: dict[str, VincieConfig] = {c.name: c for c in (VINCIE_3B, TINY, SMALL)}
 
 
 def get_preset(name: str) -> VincieConfig:

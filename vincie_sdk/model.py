@@ -59,7 +59,7 @@ class VincieModel:
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype | None = "auto", text_encoder_path: str | os.PathLike | None = None,
                         text_encoder_dtype: str | torch.dtype | None = None, text_encoder_offload: bool = False,
-                        allow_download: bool = False) -> "VincieModel":
+                        allow_download: bool = False, config: VincieConfig | None = None) -> "VincieModel":
         """Load a checkpoint from a local folder (or the embedded model by name).
 
         Args:
@@ -70,12 +70,14 @@ class VincieModel:
                 "bfloat16", "float16". The official single-GPU script runs the DiT in float32.
             text_encoder_path: override the text-encoder folder (default: from the checkpoint).
             text_encoder_dtype: default: the config's (bfloat16 for the official Qwen encoder).
+            config: for an official folder, the config to build (default: recognised from the DiT
+                shapes, with the official VAE and text-encoder settings).
         """
         folder = _resolve_location(path, allow_download)
         device = torch.device(device)
         dtype = resolve_dtype(dtype, device)
         if (folder / "dit.pth").exists() and not (folder / "config.json").exists():
-            config, dit, vae = _load_official(folder)
+            config, dit, vae = _load_official(folder, config)
         elif (folder / "config.json").exists():
             config = read_config(folder)
             dit = _build_meta(VincieTransformer, config.dit)
@@ -155,15 +157,21 @@ def _build_meta(klass, config):
         return klass(config)
 
 
-def _load_official(folder: Path) -> tuple[VincieConfig, VincieTransformer, CausalVAE]:
+def _load_official(folder: Path, config: VincieConfig | None) -> tuple[VincieConfig, VincieTransformer, CausalVAE]:
     dit_sd = read_state_dict(folder / "dit.pth", "official DiT checkpoint")
-    dit_cfg = dit_config_from_state_dict(dit_sd)
-    base = get_preset("vincie-3b")
-    config = base.replace(dit=dit_cfg, name=base.name if dit_cfg == base.dit else f"official-{folder.name}")
-    dit = load_into(_build_meta(VincieTransformer, dit_cfg), dit_sd, f"{folder}/dit.pth")
+    if config is None:
+        config = official_config(dit_sd, folder.name)
+    dit = load_into(_build_meta(VincieTransformer, config.dit), dit_sd, f"{folder}/dit.pth")
     vae_sd = convert_official_state_dict(read_state_dict(folder / "vae.pth", "official VAE checkpoint"))
     vae = load_into(_build_meta(CausalVAE, config.vae), vae_sd, f"{folder}/vae.pth")
     return config, dit, vae
+
+
+def official_config(dit_state_dict, name: str) -> VincieConfig:
+    """The config of an official release: DiT recognised from shapes, official VAE/text/sampler settings."""
+    dit_cfg = dit_config_from_state_dict(dit_state_dict)
+    base = get_preset("vincie-3b")
+    return base.replace(dit=dit_cfg, name=base.name if dit_cfg == base.dit else f"official-{name}")
 
 
 def _resolve_location(path: str | os.PathLike, allow_download: bool) -> Path:

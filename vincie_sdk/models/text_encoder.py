@@ -19,12 +19,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import torch
 from torch import nn
@@ -249,13 +251,14 @@ class TextEncoder(nn.Module):
             )
 
         tokenizer = _load_tokenizer(path, config)
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            config=hf_config,
-            local_files_only=True,
-            trust_remote_code=remote,
-            **{_dtype_kwarg(): torch_dtype},
-        )
+        with _quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(
+                path,
+                config=hf_config,
+                local_files_only=True,
+                trust_remote_code=remote,
+                **{_dtype_kwarg(): torch_dtype},
+            )
         encoder = cls(model, tokenizer, config, **kwargs)
         encoder.requires_grad_(False).eval()
         # Only the device: the weights already have `torch_dtype`, and a blanket cast would also round fp32
@@ -300,7 +303,8 @@ class TextEncoder(nn.Module):
         re-creates a tied or fresh head, which the encoder drops again.
         """
         folder = Path(folder)
-        self.model.save_pretrained(folder, safe_serialization=True)
+        with _quiet_transformers():
+            self.model.save_pretrained(folder, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
         if type(self.tokenizer).__name__ in ("PreTrainedTokenizerFast", "TokenizersBackend"):
             _mark_generic_tokenizer(folder)
@@ -511,6 +515,20 @@ def _tiny_config(arch: str, vocab_size: int, hidden_size: int, num_layers: int, 
     raise ValueError(f"Unknown arch {arch!r}; use 'qwen2', 'llama' or 'gpt2'")
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' per-file progress bars for our small, frequent loads and saves."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _mark_generic_tokenizer(folder: Path) -> None:
     # transformers 5 writes its new generic class name "TokenizersBackend"; the older alias loads everywhere.
     tok_config_file = folder / "tokenizer_config.json"
@@ -554,7 +572,8 @@ def build_text_encoder_folder(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(hf_config)
-    model.save_pretrained(folder, safe_serialization=True)
+    with _quiet_transformers():
+        model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     _mark_generic_tokenizer(folder)
     logger.info("Wrote %s text encoder (vocab %d, hidden %d) to %s", arch, len(tokenizer), hidden_size, folder)

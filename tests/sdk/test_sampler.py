@@ -1,0 +1,45 @@
+"""The flow-matching schedule, Euler step and guidance arithmetic."""
+
+from __future__ import annotations
+
+import torch
+
+from vincie_sdk.config import SamplerConfig
+from vincie_sdk.sampler import FlowMatchSampler
+
+
+def test_timesteps_match_the_spec():
+    t = FlowMatchSampler(SamplerConfig()).timesteps()
+    assert t.shape == (50,) and t.dtype == torch.float32
+    assert torch.allclose(t[:3], torch.tensor([1000.0, 998.302, 996.540]), atol=1e-3)
+    assert torch.allclose(t[-3:], torch.tensor([433.735, 333.333, 196.721]), atol=1e-3)
+
+
+def test_euler_step_and_final_jump():
+    s = FlowMatchSampler(SamplerConfig())
+    x0, noise = torch.randn(4, 3), torch.randn(4, 3)
+    t, u = torch.tensor(800.0), torch.tensor(600.0)
+    xt = s.add_noise(x0, noise, t[None].expand(4))
+    v = s.velocity_target(x0, noise)
+    # With the exact velocity, one step lands exactly on the straight path at s, and the end jump on x0.
+    assert torch.allclose(s.step(xt, v, t, u), s.add_noise(x0, noise, u[None].expand(4)), atol=1e-5)
+    assert torch.allclose(s.step(xt, v, t, None), x0, atol=1e-5)
+    # The x0/xT form equals x + (s - t)/T * v.
+    assert torch.allclose(s.step(xt, v, t, u), xt + (u - t) / 1000 * v, atol=1e-5)
+
+
+def test_guidance_and_rescale():
+    v_pos, v_neg = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    plain = FlowMatchSampler(SamplerConfig(cfg_scale=3.0))
+    assert torch.allclose(plain.guide(v_pos, v_neg, 3.0), v_neg + 3 * (v_pos - v_neg))
+    resc = FlowMatchSampler(SamplerConfig(cfg_rescale=1.0))
+    g = resc.guide(v_pos, v_neg, 5.0)
+    assert torch.allclose(g.std(dim=(1, 2)), v_pos.std(dim=(1, 2)), atol=1e-5)
+    partial = FlowMatchSampler(SamplerConfig(cfg_scale=4.0, cfg_partial=0.5))
+    assert [partial.guidance_scale(i, 4) for i in range(4)] == [4.0, 4.0, 1.0, 1.0]
+
+
+def test_logit_normal_training_timesteps():
+    t = FlowMatchSampler(SamplerConfig()).sample_training_timesteps(20000, torch.Generator().manual_seed(0))
+    assert 0 < t.min() and t.max() < 1000
+    assert abs(float(t.median()) - 500) < 15  # sigmoid(N(0,1)) is symmetric around 0.5
