@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -29,15 +30,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import block_causal as bc
 from .image import ImageInput, load_image, mask_to_tensor, preprocess, tensor_to_mask, to_uint8, working_size
 from .loading import atomic_path
 from .model import VincieModel
-from .pipeline import FrameRequest, generate
+from .pipeline import FrameRequest, draw_noise, generate
 from .prompts import FrameKind, compose_prompts, frame_prompt
 
 log = logging.getLogger(__name__)
 
 SESSION_FORMAT = "vincie-session/1"
+_uids = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Frame:
     prompt: str | None = None
     instruction: str | None = None
     turn: int = 0
+    uid: int = dataclasses.field(default_factory=lambda: next(_uids), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ class Session:
         self.settings = SessionSettings(seed, resolution, negative_prompt, camera_prefix, pad_img_placeholder,
                                         steps, cfg_scale, exact_official)
         self.frames: list[Frame] = []
+        # Block-causal models: the clean history's KV cache and the uids of the frames it holds.
+        self._history: tuple[bc.CachedHistory, tuple[int, ...]] | None = None
         if image is not None:
             self._add_inputs([load_image(image, max_side=self._cfg.max_side, what="source image")], [])
 
@@ -264,13 +270,15 @@ class Session:
                   prompt: str | None = None) -> Frame:
         index = len(self.frames)
         prompt = prompt or self._prompt(instruction, kind, src, index)
-        exact = self.settings.exact_official
-        request = FrameRequest(self._context_latents(), [f.prompt for f in self.frames[1:]] + [prompt],
-                               self.settings.seed if seed is None else seed)
-        latent = generate(self.model, [request], steps=steps or self.settings.steps,
-                          cfg_scale=self.settings.cfg_scale if cfg_scale is None else cfg_scale, negative_prompt=self._opt("negative_prompt"),
-                          batch_cfg=not exact, use_cache=not exact, callback=callback)[0]
+        seed = self.settings.seed if seed is None else seed
+        cfg_scale = self.settings.cfg_scale if cfg_scale is None else cfg_scale
+        steps = steps or self.settings.steps
+        if self.model.config.dit.attention == "block_causal":
+            latent = self._sample_block_causal(prompt, src, steps, cfg_scale, seed, callback)
+        else:
+            latent = self._sample_full(prompt, steps, cfg_scale, seed, callback)
         decoded = self.model.decode_latents(latent[None])[0]
+        exact = self.settings.exact_official
         if exact:
             decoded = decoded.to(torch.bfloat16)  # the official VAE output is bf16, and so is its uint8 arithmetic
         if kind == FrameKind.IMAGE:
@@ -280,6 +288,53 @@ class Session:
         frame = Frame(kind, image, None if exact else latent, prompt, instruction, turn)
         self.frames.append(frame)
         return frame
+
+    def _sample_full(self, prompt: str, steps, cfg_scale, seed, callback) -> torch.Tensor:
+        """Official layout: all frames in one sequence, context as condition channels."""
+        exact = self.settings.exact_official
+        request = FrameRequest(self._context_latents(), [f.prompt for f in self.frames[1:]] + [prompt], seed)
+        return generate(self.model, [request], steps=steps, cfg_scale=cfg_scale,
+                        negative_prompt=self._opt("negative_prompt"), batch_cfg=not exact, use_cache=not exact,
+                        callback=callback)[0]
+
+    def _sample_block_causal(self, prompt: str, src: int, steps, cfg_scale, seed, callback) -> torch.Tensor:
+        """Block-causal layout: the clean history comes from the KV cache; only the new frame is run."""
+        from .sampler import FlowMatchSampler
+
+        model, dit = self.model, self.model.dit
+        history = self._cached_history()
+        k = len(self.frames)
+        scale = model.config.sampler.cfg_scale if cfg_scale is None else float(cfg_scale)
+        texts = [prompt] + ([self._opt("negative_prompt")] if scale != 1.0 else [])
+        prompts = [self._fused_prompt(t, k - 1) for t in texts]
+        prefixes = bc.prompt_cache(dit, history, prompts)
+        source = self.frames[src].latent
+        noise = draw_noise(tuple(source.shape), seed, model.device)
+        return bc.denoise_next_frame(dit, FlowMatchSampler(model.config.sampler), prefixes, source, noise, k,
+                                     steps=steps, cfg_scale=scale, callback=callback)
+
+    def _fused_prompt(self, text: str, turn_id: int) -> torch.Tensor:
+        embed = self.model.encode_prompts([text])[0]
+        ids = self.model.dit.embed_prompt_ids(torch.tensor([turn_id], device=self.model.device)).float()
+        return torch.cat((ids, embed.float()))
+
+    def _cached_history(self) -> "bc.CachedHistory":
+        """Bring the clean-history cache up to date with ``self.frames`` (prefill only what is new)."""
+        uids = tuple(f.uid for f in self.frames)
+        history, cached = self._history or (bc.empty_history(self.model.dit), ())
+        common = 0
+        while common < min(len(uids), len(cached)) and uids[common] == cached[common]:
+            common += 1
+        history = history.truncated(common)
+        for k in range(common, len(self.frames)):
+            frame = self.frames[k]
+            if frame.latent is None:
+                raise ValueError("block-causal sessions keep latents; exact_official applies to the official layout only")
+            if k > 0:
+                history = bc.extend_history(self.model.dit, history, prompt=self._fused_prompt(frame.prompt, k - 1))
+            history = bc.extend_history(self.model.dit, history, frame=frame.latent)
+        self._history = (history, uids)
+        return history
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:

@@ -163,6 +163,40 @@ class PromptEmbedding(nn.Module):
 # Packed-batch bookkeeping
 # ----------------------------------------------------------------------------------------------
 
+class KVCache:
+    """Keys/values of already-processed clean tokens, per transformer block, for one sample.
+
+    Used by the block-causal variant: the clean history (frames and prompts) is run once and every
+    later token attends to it without recomputing it. Entries are lists of chunks (one per appended
+    block of tokens), so extending a cache shares the tensors of the one it came from and undoing
+    a turn is dropping chunks.
+    """
+
+    def __init__(self, num_layers: int, chunks: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None) -> None:
+        self.layers = chunks if chunks is not None else [[] for _ in range(num_layers)]
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.layers[0]) if self.layers else 0
+
+    @property
+    def length(self) -> int:
+        return sum(k.shape[0] for k, _ in self.layers[0]) if self.layers else 0
+
+    def extended(self, new: "KVCache") -> "KVCache":
+        """A cache with ``new``'s chunks appended (this one is unchanged)."""
+        return KVCache(len(self.layers), [a + b for a, b in zip(self.layers, new.layers)])
+
+    def truncated(self, num_chunks: int) -> "KVCache":
+        return KVCache(len(self.layers), [chunks[:num_chunks] for chunks in self.layers])
+
+    def keys_values(self, layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        chunks = self.layers[layer]
+        if not chunks:
+            return None, None
+        return torch.cat([k for k, _ in chunks]), torch.cat([v for _, v in chunks])
+
+
 @dataclass
 class PackedLayout:
     """Per-forward token bookkeeping, derived from shapes once and shared by every block.
@@ -171,7 +205,9 @@ class PackedLayout:
         vid_grids: post-patch (T, H, W) per sample.
         vid_lens, txt_lens: token counts per sample.
         cos_sin: per sample (cos, sin) of the joint sequence [video ; text], (L_b, rotated_dims).
-        attn_masks: per sample None (full attention) or a bool (L_b, L_b) "may attend" matrix.
+        attn_masks: per sample None (full attention) or a bool (L_b, L_prefix_b + L_b) "may attend" matrix.
+        kv_prefix: per sample None or a KVCache the sample's tokens also attend to (placed before them).
+        kv_out: if set, one KVCache per sample receiving this forward's keys/values (for caching).
     """
 
     vid_grids: list[tuple[int, int, int]]
@@ -179,6 +215,8 @@ class PackedLayout:
     txt_lens: list[int]
     cos_sin: list[tuple[torch.Tensor, torch.Tensor]]
     attn_masks: list[torch.Tensor | None]
+    kv_prefix: list[KVCache | None] | None = None
+    kv_out: list[KVCache] | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,8 +226,9 @@ class PackedLayout:
 class JointAttention(nn.Module):
     """qkv → qk RMSNorm → 3-D RoPE → per-sample attention over [video ; text] → out projections."""
 
-    def __init__(self, cfg: DiTConfig, shared: bool) -> None:
+    def __init__(self, cfg: DiTConfig, shared: bool, index: int = 0) -> None:
         super().__init__()
+        self.index = index  # position in the block stack: selects this block's KV-cache entry
         self.heads, self.head_dim = cfg.heads, cfg.head_dim
         dim = cfg.vid_dim
         self.proj_qkv = MM(lambda: nn.Linear(dim, 3 * dim, bias=False), shared)
@@ -216,6 +255,13 @@ class JointAttention(nn.Module):
             q = self.rope.rotate(torch.cat((q1, q2)), cos, sin)
             k = self.rope.rotate(torch.cat((k1, k2)), cos, sin)
             v = torch.cat((v1, v2))
+            if layout.kv_out is not None:
+                layout.kv_out[b].layers[self.index].append((k, v))
+            prefix = layout.kv_prefix[b] if layout.kv_prefix is not None else None
+            if prefix is not None:
+                pk, pv = prefix.keys_values(self.index)
+                if pk is not None:
+                    k, v = torch.cat((pk, k)), torch.cat((pv, v))
             out = self._attend(q, k, v, layout.attn_masks[b])  # (L, H, d)
             outs_vid.append(out[: q1.shape[0]])
             outs_txt.append(out[q1.shape[0]:])
@@ -235,12 +281,12 @@ class JointAttention(nn.Module):
 class TransformerBlock(nn.Module):
     """One MM-DiT block; the last block skips the text MLP (its text output is discarded)."""
 
-    def __init__(self, cfg: DiTConfig, shared: bool, is_last: bool) -> None:
+    def __init__(self, cfg: DiTConfig, shared: bool, is_last: bool, index: int = 0) -> None:
         super().__init__()
         self.is_last = is_last
         dim = cfg.vid_dim
         self.attn_norm = MM(lambda: RMSNorm(dim, cfg.norm_eps, affine=False), shared)
-        self.attn = JointAttention(cfg, shared)
+        self.attn = JointAttention(cfg, shared, index)
         self.mlp_norm = MM(lambda: RMSNorm(dim, cfg.norm_eps, affine=False), shared, vid_only=is_last)
         self.mlp = MM(lambda: SwiGLU(dim, cfg.mlp_hidden), shared, vid_only=is_last)
         self.ada = MM(lambda: AdaSingle(dim, ["attn", "mlp"]), shared)
@@ -282,7 +328,7 @@ class VincieTransformer(nn.Module):
         self.txt_in = nn.Linear(c.txt_in_dim, c.vid_dim)
         self.emb_in = TimeEmbedding(c.time_embed_dim, c.vid_dim, c.emb_dim)
         self.blocks = nn.ModuleList(
-            TransformerBlock(c, shared=i >= c.mm_layers, is_last=i == c.num_layers - 1)
+            TransformerBlock(c, shared=i >= c.mm_layers, is_last=i == c.num_layers - 1, index=i)
             for i in range(c.num_layers)
         )
         self.vid_out_norm = RMSNorm(c.vid_dim, c.norm_eps, affine=True)
@@ -300,7 +346,8 @@ class VincieTransformer(nn.Module):
     def layout(self, vid_shape: torch.Tensor, txt_shape: torch.Tensor,
                attn_masks: Sequence[torch.Tensor | None] | None = None,
                positions: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
-               device: torch.device | None = None) -> PackedLayout:
+               device: torch.device | None = None, kv_prefix: Sequence[KVCache | None] | None = None,
+               store_kv: bool = False) -> PackedLayout:
         """Token bookkeeping for a packed batch (shapes are per sample, pre-patch for video).
 
         ``positions`` optionally overrides the official RoPE positions per sample with
@@ -322,7 +369,9 @@ class VincieTransformer(nn.Module):
                 vpos, tpos = video_positions(*grid, offset=lt, device=device), text_positions(lt, device=device)
             cos_sin.append(rope.cos_sin(torch.cat((vpos, tpos)).to(device)))
         masks = list(attn_masks) if attn_masks is not None else [None] * len(grids)
-        return PackedLayout(grids, vid_lens, txt_lens, cos_sin, masks)
+        kv_out = [KVCache(len(self.blocks)) for _ in grids] if store_kv else None
+        return PackedLayout(grids, vid_lens, txt_lens, cos_sin, masks,
+                            list(kv_prefix) if kv_prefix is not None else None, kv_out)
 
     def embed_prompt_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """(n,) turn ids → (n, txt_in_dim) embeddings to prepend to each prompt's text tokens."""
@@ -355,7 +404,8 @@ class VincieTransformer(nn.Module):
             layout = self.layout(vid_shape, txt_shape, device=vid.device)
         dtype = self.txt_in.weight.dtype
         txt = self.txt_in(txt.to(dtype))
-        vid_tokens = [self.vid_in(x.reshape(*shape, -1)) for x, shape in
+        channels = vid.shape[-1]
+        vid_tokens = [self.vid_in(x.reshape(*shape, channels)) for x, shape in
                       zip(vid.to(dtype).split([t * h * w for t, h, w in vid_shape.tolist()]), vid_shape.tolist())]
         vid = torch.cat(vid_tokens)
 

@@ -1,0 +1,113 @@
+"""The block-causal variant: mask semantics, cached == uncached, sessions on a tiny model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from vincie_sdk import Session, VincieModel
+from vincie_sdk import block_causal as bc
+from vincie_sdk.config import TINY
+from vincie_sdk.sampler import FlowMatchSampler
+
+BC_TINY = dataclasses.replace(TINY, name="tiny-bc", dit=dataclasses.replace(TINY.dit, attention="block_causal"))
+
+
+@pytest.fixture(scope="module")
+def bc_model():
+    return VincieModel.from_random(BC_TINY, seed=1)
+
+
+def _sequence(dit, n_frames=3, targets=(1, 2), seed=0, null=None, dropped=()):
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(n_frames, 6, 8, 16, generator=g)
+    prompts = [torch.randn(3 + k, 32, generator=g) for k in range(n_frames - 1)]
+    return bc.TrainingSequence(
+        latents=latents, prompts=prompts, sources=list(range(n_frames - 1)), targets=list(targets),
+        timesteps=torch.tensor([700.0, 300.0, 500.0][: len(targets)]), noise=torch.randn(len(targets), 6, 8, 16, generator=g),
+        null_prompts=null or [None] * len(targets), dropped=set(dropped))
+
+
+def test_mask_block_structure(bc_model):
+    seq = _sequence(bc_model.dit, null=[torch.randn(2, 32), None])
+    blocks = []
+    for k in range(3):
+        blocks += [("F", k)] * 2
+    for j in range(2):
+        blocks += [("N", j)] * 2
+    for k in (1, 2):
+        blocks += [("P", k)] * 2
+    blocks += [("Z", 0)] * 2
+    m = bc.block_causal_mask(blocks, seq)
+    at = {b: i for i, b in reversed(list(enumerate(blocks)))}
+    assert m[at[("F", 1)], at[("F", 0)]] and m[at[("F", 1)], at[("P", 1)]] and not m[at[("F", 1)], at[("F", 2)]]
+    assert not m[at[("F", 0)], at[("P", 1)]]  # causal across blocks
+    assert m[at[("F", 1)], at[("F", 1)] + 1]  # bidirectional within a block
+    # Noisy target 1 (frame 2): sees F0, F1, P1, its null prompt instead of P2; never F2 or other noisy blocks.
+    n1 = at[("N", 1)]
+    assert m[n1, at[("F", 1)]] and m[n1, at[("P", 1)]] and m[n1, at[("P", 2)]] and not m[n1, at[("F", 2)]]
+    n0 = at[("N", 0)]
+    assert not m[n0, at[("P", 1)]] and m[n0, at[("Z", 0)]] and not m[n1, at[("Z", 0)]]
+    assert not m[n0, n1] and not m[at[("F", 2)], n0]
+
+
+def test_later_tokens_do_not_change_earlier_outputs(bc_model):
+    dit, sampler = bc_model.dit, FlowMatchSampler(BC_TINY.sampler)
+    seq = _sequence(dit, n_frames=3, targets=(1, 2))
+    base = bc.training_velocity(dit, bc.pack_training(dit, sampler, [seq]))
+    changed = dataclasses.replace(seq, latents=seq.latents.clone(), prompts=list(seq.prompts))
+    changed.latents[2] += 5.0  # a later image
+    changed.prompts[1] = changed.prompts[1] * -1  # a later prompt
+    out = bc.training_velocity(dit, bc.pack_training(dit, sampler, [changed]))
+    rows = 6 * 8
+    assert torch.allclose(out[:rows], base[:rows], atol=1e-5)  # target frame 1 cannot see frame 2 or P2
+    assert not torch.allclose(out[rows:], base[rows:], atol=1e-3)  # target frame 2 sees P2
+
+
+def test_context_dropout_hides_frames(bc_model):
+    dit, sampler = bc_model.dit, FlowMatchSampler(BC_TINY.sampler)
+    seq = _sequence(dit, n_frames=3, targets=(2,), dropped={0})
+    base = bc.training_velocity(dit, bc.pack_training(dit, sampler, [seq]))
+    other = dataclasses.replace(seq, latents=seq.latents.clone())
+    other.latents[0] += 3.0
+    assert torch.allclose(bc.training_velocity(dit, bc.pack_training(dit, sampler, [other])), base, atol=1e-5)
+
+
+def test_cached_equals_uncached(bc_model):
+    dit, sampler = bc_model.dit, FlowMatchSampler(BC_TINY.sampler)
+    seq = _sequence(dit, n_frames=3, targets=(2,), null=[None])
+    full = bc.training_velocity(dit, bc.pack_training(dit, sampler, [seq])).reshape(6, 8, 16)
+
+    history = bc.empty_history(dit)
+    history = bc.extend_history(dit, history, frame=seq.latents[0])
+    history = bc.extend_history(dit, history, prompt=seq.prompts[0])
+    history = bc.extend_history(dit, history, frame=seq.latents[1])
+    [prefix] = bc.prompt_cache(dit, history, [seq.prompts[1]])
+    xt = sampler.add_noise(seq.latents[2], seq.noise[0], seq.timesteps[0])
+    pos = (bc.video_positions(1, 3, 4, offset=2), torch.zeros(0, 3))
+    out, _ = bc._run_block(dit, [prefix], [bc._frame_channels(xt, seq.latents[1])[None]], [None], [pos],
+                           seq.timesteps[:1], False)
+    assert torch.allclose(out.reshape(6, 8, 16), full, atol=1e-4), (out.reshape(6, 8, 16) - full).abs().max()
+    # The cache can be truncated back (undo) and re-extended to the same state.
+    again = bc.extend_history(dit, history.truncated(1), prompt=seq.prompts[0])
+    again = bc.extend_history(dit, again, frame=seq.latents[1])
+    for (a, b), (c, d) in zip(history.cache.layers[0], again.cache.layers[0]):
+        assert torch.allclose(a, c) and torch.allclose(b, d)
+
+
+def test_block_causal_session(bc_model, source_image):
+    s = Session(bc_model, source_image, seed=2, steps=3, cfg_scale=2.0)
+    a = s.edit("add a red circle")
+    s.edit("make it blue", mask=np.ones((4, 4)))
+    assert s._history[0].frames == 3  # the cache holds the history up to the last generated frame's source
+    t = s.copy()
+    t.undo()
+    again = t.edit("make it blue", mask=np.ones((4, 4)))
+    assert np.array_equal(np.asarray(again), np.asarray(s.images[-1]))  # undo + redo reproduces the turn
+    fresh = Session(bc_model, source_image, seed=2, steps=3, cfg_scale=2.0)
+    assert np.array_equal(np.asarray(fresh.edit("add a red circle")), np.asarray(a))
+    m = s.predict_mask("remove it")
+    assert m.size == s.size
