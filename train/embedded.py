@@ -1,0 +1,74 @@
+"""The embedded model ``vincie-shapes``: a fresh model for pretraining on the synthetic world.
+
+Its autoencoder is trained first (:mod:`vincie_train.autoencoder`); its text encoder is a small
+causal LM with a word-level tokenizer whose vocabulary is the training corpus' own words, trained
+from scratch together with the DiT. Words that never occur in training (e.g. the benchmark's held-out
+verbs) map to ``[UNK]``; word dropout during training teaches the model to read an instruction from
+its structure when a word is unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from vincie_sdk.config import VAEConfig, VincieConfig
+from vincie_sdk.loading import load_into, read_state_dict
+from vincie_sdk.model import VincieModel
+from vincie_sdk.models.dit import VincieTransformer
+from vincie_sdk.models.text_encoder import TextEncoder, build_text_encoder_folder
+from vincie_sdk.models.vae import CausalVAE
+from vincie_sdk.prompts import TASK_PHRASES, FrameKind, frame_prompt
+
+_WORD = re.compile(r"[a-z]+|\d|[^\sa-z\d]")
+
+
+def corpus_words(texts: Iterable[str]) -> list[str]:
+    """Words as the word-level tokenizer splits them (lowercase letters runs, single digits, punctuation)."""
+    seen: dict[str, None] = {}
+    for text in texts:
+        for w in _WORD.findall(text.lower()):
+            seen.setdefault(w, None)
+    return list(seen)
+
+
+def prompt_vocabulary(instructions: Iterable[str], cameras: Iterable[str]) -> list[str]:
+    """The vocabulary of every prompt the model can be trained on, from the corpus' instructions."""
+    from .tasks import camera_prefix
+
+    texts = list(instructions)
+    texts += [camera_prefix(c) for c in set(cameras) | {"None"}]
+    texts += [frame_prompt("x", src=12, index=34, kind=k) for k in FrameKind] + list(TASK_PHRASES.values())
+    texts += [str(d) for d in range(10)]
+    return [w for w in corpus_words(texts) if w != "x"]
+
+
+def fresh_model(config: VincieConfig, *, vae_dir: str | Path | None, vocab: list[str] | None = None,
+                seed: int = 0) -> VincieModel:
+    """A randomly initialised DiT and text encoder around a trained autoencoder."""
+    torch.manual_seed(seed)
+    if vae_dir is not None:
+        vae_dir = Path(vae_dir)
+        cfg_file = vae_dir / "vae_config.json"
+        if cfg_file.exists():
+            fields = json.loads(cfg_file.read_text())
+            config = config.replace(vae=VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}))
+        vae = load_into(CausalVAE(config.vae), read_state_dict(vae_dir / "vae.safetensors", "autoencoder"),
+                        str(vae_dir / "vae.safetensors"))
+    else:
+        vae = CausalVAE(config.vae)
+    dit = VincieTransformer(config.dit)
+    # Start by predicting zero velocity: the output projection is zero-initialised (as adaLN-Zero DiTs do).
+    torch.nn.init.zeros_(dit.vid_out.proj.weight)
+    torch.nn.init.zeros_(dit.vid_out.proj.bias)
+    with tempfile.TemporaryDirectory() as tmp:
+        build_text_encoder_folder(tmp, vocab=vocab, hidden_size=config.text.hidden_size, num_layers=2,
+                                  num_heads=max(1, config.text.hidden_size // 32), max_length=config.text.max_length,
+                                  seed=seed)
+        text = TextEncoder.from_pretrained(tmp, config.text, dtype=torch.float32)
+    return VincieModel(config, dit, vae, text)

@@ -1,0 +1,467 @@
+"""Pretraining from video sessions with NIP + CSP + NSP (paper 3.2-3.3), for both attention variants.
+
+``vincie train CONFIG.yaml`` runs :func:`train` with the YAML parsed into :class:`TrainConfig`. The
+loop uses accelerate, so the same script runs on one CPU and on many GPUs (DDP), with bf16 autocast
+on GPU, optional gradient checkpointing, EMA, AdamW with warmup, and checkpoints written atomically.
+Every random choice of step ``s`` (data, composition, timesteps, noise) is drawn from a generator
+seeded by ``(seed, s, rank)``, so killing a run and resuming it reproduces the uninterrupted run
+exactly: a checkpoint only needs the model, EMA, optimizer and scheduler states and the step.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vincie_sdk import block_causal as bc
+from vincie_sdk.config import get_preset
+from vincie_sdk.image import preprocess
+from vincie_sdk.loading import atomic_path
+from vincie_sdk.model import VincieModel
+from vincie_sdk.models.dit import VincieTransformer
+from vincie_sdk.pipeline import build_condition
+from vincie_sdk.sampler import FlowMatchSampler
+
+from .data.format import SessionRecord
+from .tasks import ComposedSession, CompositionConfig, compose, without_dropped
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DataConfig:
+    shards: tuple[str, ...] = ()  # shard files or folders (``vincie data build`` output)
+    min_turns: int = 1  # sessions are cut to a random number of turns in [min_turns, max_turns]
+    max_turns: int = 4
+    shuffle_buffer: int = 512
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A pretraining run. YAML keys mirror these fields (nested: ``data``, ``composition``)."""
+
+    out_dir: str = "runs/pretrain"
+    preset: str = "vincie-shapes"  # architecture to train (vincie_sdk.config preset)
+    attention: str | None = None  # override the preset's variant: "full" or "block_causal"
+    init: str | None = None  # a model folder to start from (e.g. the trained autoencoder + fresh DiT)
+    vae: str | None = None  # folder with vae.safetensors (+ vae_config.json) for a fresh model
+    train_text_encoder: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    composition: CompositionConfig = field(default_factory=CompositionConfig)
+    batch_size: int = 8
+    lr: float = 3e-4
+    text_lr: float | None = None  # default: lr
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    decay_to: float = 0.1  # cosine decay of the learning rate down to this fraction at max_steps
+    grad_clip: float = 1.0
+    max_steps: int = 100_000
+    max_minutes: float | None = None  # stop (after a checkpoint) when this much time was spent in total
+    ema_decay: float = 0.999
+    timestep_loc: float = 0.0  # logit-normal training timesteps
+    timestep_scale: float = 1.0
+    mixed_precision: str = "auto"  # "auto" = bf16 on GPU, none on CPU
+    gradient_checkpointing: bool = False
+    checkpoint_minutes: float = 5.0
+    log_every: int = 10
+    seed: int = 0
+    threads: int | None = None  # torch CPU threads
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"train config: unknown keys {unknown}; known keys: {sorted(known)}")
+        if "data" in data:
+            d = dict(data["data"])
+            d["shards"] = tuple(d.get("shards", ()))
+            data["data"] = DataConfig(**d)
+        if "composition" in data:
+            data["composition"] = CompositionConfig(**data["composition"])
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        import yaml
+
+        try:
+            return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+        except FileNotFoundError:
+            raise FileNotFoundError(f"train config not found: {path}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+class SessionPool:
+    """All sessions of the configured shards in memory (our synthetic shards are small), drawn by step.
+
+    Drawing by ``(seed, step, rank)`` instead of iterating makes the data position part of the step.
+    """
+
+    def __init__(self, config: DataConfig) -> None:
+        from .data.format import read_sessions
+
+        if not config.shards:
+            raise ValueError("train config: data.shards is empty; build shards with `vincie data build`")
+        self.sessions: list[SessionRecord] = []
+        for path in config.shards:
+            self.sessions.extend(read_sessions(path))
+        if not self.sessions:
+            raise ValueError(f"no sessions found in {list(config.shards)}")
+        self.config = config
+        log.info("loaded %d sessions from %s", len(self.sessions), list(config.shards))
+
+    def draw(self, rng: np.random.Generator, n: int) -> list[SessionRecord]:
+        out = []
+        for _ in range(n):
+            record = self.sessions[int(rng.integers(len(self.sessions)))]
+            turns = int(rng.integers(self.config.min_turns, self.config.max_turns + 1))
+            turns = min(turns, len(record.turns))
+            start = int(rng.integers(0, len(record.turns) - turns + 1))
+            out.append(SessionRecord(record.key, record.frames[start: start + turns + 1],
+                                     record.turns[start: start + turns], record.provenance))
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss
+# ----------------------------------------------------------------------------------------------
+
+class Objective:
+    """Flow-matching loss of a batch of composed sessions, for either attention variant."""
+
+    def __init__(self, dit: VincieTransformer, vae, text_encoder, sampler: FlowMatchSampler, config: TrainConfig,
+                 resolution: int, forward=None) -> None:
+        self.dit, self.vae, self.text_encoder, self.sampler = dit, vae, text_encoder, sampler
+        self.forward = forward or dit  # the (possibly distributed-wrapped) module to call
+        self.config = config
+        self.resolution = resolution
+
+    @torch.no_grad()
+    def encode_frames(self, sessions: list[ComposedSession], device) -> list[torch.Tensor]:
+        """VAE latents (N_b, h, w, C) per session (one batched encode)."""
+        from PIL import Image
+
+        pixels = [preprocess([Image.fromarray(img) for img in s.images], self.resolution) for s in sessions]
+        flat = torch.cat(pixels).to(device, self.vae.dtype)
+        latents = self.vae.encode_images(flat, sample=False).float()
+        return list(latents.split([p.shape[0] for p in pixels]))
+
+    def fused_prompts(self, texts: list[list[str]], device) -> list[list[torch.Tensor]]:
+        """Per session, per prompt j: [turn id j ; text states] (ids follow the official seq_concat)."""
+        flat = [t for ts in texts for t in ts] + [""]
+        states = self.text_encoder.encode(flat)
+        empty = states.pop()
+        out, i = [], 0
+        for ts in texts:
+            ids = self.dit.embed_prompt_ids(torch.arange(len(ts), device=device))
+            out.append([torch.cat((ids[j: j + 1], states[i + j].float())) for j in range(len(ts))]
+                       + [torch.cat((ids[j: j + 1], empty.float())) for j in range(len(ts))])
+            i += len(ts)
+        return out
+
+    def loss(self, sessions: list[ComposedSession], rng: torch.Generator, device) -> torch.Tensor:
+        latents = self.encode_frames(sessions, device)
+        if self.dit.config.attention == "block_causal":
+            return self._block_causal_loss(sessions, latents, rng, device)
+        return self._full_loss(sessions, latents, rng, device)
+
+    def _timesteps(self, n: int, rng: torch.Generator, device) -> torch.Tensor:
+        c = self.config
+        return self.sampler.sample_training_timesteps(n, rng, c.timestep_loc, c.timestep_scale).to(device)
+
+    def _block_causal_loss(self, sessions, latents, rng, device) -> torch.Tensor:
+        fused = self.fused_prompts([s.prompts for s in sessions], device)
+        sequences = []
+        for s, lat, prompts in zip(sessions, latents, fused):
+            n = len(s.prompts)
+            targets = s.targets
+            t = self._timesteps(len(targets), rng, device)
+            noise = torch.randn((len(targets),) + tuple(lat.shape[1:]), generator=rng).to(device)
+            nulls = [prompts[n + k - 1] if k in s.text_dropped else None for k in targets]
+            sequences.append(bc.TrainingSequence(lat, prompts[:n], s.sources, targets, t, noise, nulls, set(s.dropped)))
+        packed = bc.pack_training(self.dit, self.sampler, sequences)
+        packed = dataclasses.replace(packed, vid=packed.vid.to(device), txt=packed.txt.to(device),
+                                     velocity=packed.velocity.to(device))
+        pred = bc.training_velocity(self.dit, packed, forward=self.forward)
+        return F.mse_loss(pred.float(), packed.velocity.float())
+
+    def _full_loss(self, sessions, latents, rng, device) -> torch.Tensor:
+        """Official layout: one random target per session, all its frames noised at the same t."""
+        views, view_latents = [], []
+        for s, lat in zip(sessions, latents):
+            target = int(torch.randint(1, len(s.images), (1,), generator=rng))
+            view = without_dropped(s, target)
+            keep = [k for k in range(target + 1) if k == 0 or k == target or k == s.sources[target - 1]
+                    or k not in s.dropped]
+            views.append((view, target in s.text_dropped))
+            view_latents.append(lat[keep])
+        fused = self.fused_prompts([v.prompts for v, _ in views], device)
+        vids, shapes, txts, lens, t_all, targets_v, rows = [], [], [], [], [], [], []
+        row = 0
+        t = self._timesteps(len(views), rng, device)
+        for b, ((view, drop_text), lat, prompts) in enumerate(zip(views, view_latents, fused)):
+            n = len(view.prompts)
+            texts = prompts[:n - 1] + [prompts[n + n - 1] if drop_text else prompts[n - 1]]
+            x0 = lat  # (T+1, h, w, C): context frames then the target
+            noise = torch.randn(x0.shape, generator=rng).to(device)
+            xt = self.sampler.add_noise(x0, noise, t[b].expand(x0.shape[0]))
+            cond = build_condition(x0[:-1])
+            vids.append(torch.cat((xt, cond), -1).reshape(-1, 2 * x0.shape[-1] + 1))
+            shapes.append(list(x0.shape[:3]))
+            txt = torch.cat(texts)
+            txts.append(txt)
+            lens.append([txt.shape[0]])
+            frame = x0.shape[1] * x0.shape[2]
+            rows.append(torch.arange(row + (x0.shape[0] - 1) * frame, row + x0.shape[0] * frame))
+            targets_v.append(self.sampler.velocity_target(x0[-1], noise[-1]).reshape(-1, x0.shape[-1]))
+            row += x0.shape[0] * frame
+        out = self.forward(torch.cat(vids), torch.tensor(shapes), torch.cat(txts), torch.tensor(lens), t)
+        return F.mse_loss(out[torch.cat(rows).to(device)].float(), torch.cat(targets_v).float())
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints, EMA, logging
+# ----------------------------------------------------------------------------------------------
+
+class EMA:
+    """Exponential moving average of trainable parameters (kept in float32)."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], decay: float) -> None:
+        self.decay = decay
+        self.shadow = {f"{name}.{k}": v.detach().float().clone() for name, m in modules.items()
+                       for k, v in m.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, modules: dict[str, torch.nn.Module], step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))  # warm-up: early averages forget faster
+        for name, m in modules.items():
+            for k, v in m.state_dict().items():
+                key = f"{name}.{k}"
+                if key in self.shadow:
+                    self.shadow[key].mul_(d).add_(v.detach().float(), alpha=1 - d)
+
+    def state_for(self, name: str) -> dict[str, torch.Tensor]:
+        prefix = name + "."
+        return {k[len(prefix):]: v for k, v in self.shadow.items() if k.startswith(prefix)}
+
+
+def lr_lambda(config: TrainConfig):
+    def f(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+        return config.decay_to + (1 - config.decay_to) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def save_checkpoint(path: Path, *, step: int, elapsed: float, modules: dict, ema: EMA, optimizer, scheduler,
+                    losses: list[float]) -> None:
+    """One file with everything needed to resume exactly; written to a temp name then renamed."""
+    state = {"step": step, "elapsed": elapsed, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "modules": {k: m.state_dict() for k, m in modules.items()}, "ema": ema.shadow, "losses": losses}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    # Our own files, but still loaded without unpickling arbitrary objects.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def plot_losses(losses: list[tuple[int, float]], path: Path) -> None:
+    """Loss curve PNG (log scale, with a moving average)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not losses:
+        return
+    steps, values = zip(*losses)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(steps, values, lw=0.6, alpha=0.4, label="loss")
+    k = max(1, len(values) // 50)
+    smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+    ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"moving average ({k})")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching MSE")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+def build_model(config: TrainConfig, pool: "SessionPool") -> VincieModel:
+    """The model to train: ``init`` if given, else a fresh preset with a trained autoencoder (``vae``)
+    and a text encoder whose vocabulary is the training corpus' words."""
+    if config.init:
+        model = VincieModel.from_pretrained(config.init, dtype="float32")
+    else:
+        from .embedded import fresh_model, prompt_vocabulary
+
+        vocab = prompt_vocabulary((t.instruction for r in pool.sessions for t in r.turns),
+                                  (t.camera for r in pool.sessions for t in r.turns))
+        model = fresh_model(get_preset(config.preset), vae_dir=config.vae, vocab=vocab, seed=config.seed)
+    if config.attention and config.attention != model.config.dit.attention:
+        new_dit_cfg = dataclasses.replace(model.config.dit, attention=config.attention)
+        model.config = model.config.replace(dit=new_dit_cfg)
+        model.dit.config = new_dit_cfg
+    return model
+
+
+def step_generators(seed: int, step: int, rank: int) -> tuple[np.random.Generator, torch.Generator]:
+    mix = np.random.SeedSequence([seed, step, rank])
+    rng = np.random.default_rng(mix)
+    gen = torch.Generator().manual_seed(int(mix.generate_state(1, dtype=np.uint64)[0] % (2**63)))
+    return rng, gen
+
+
+def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None = None) -> Path:
+    """Run (or resume) a pretraining run; returns the folder of the final EMA model.
+
+    Args:
+        stop_after: stop after this many steps in this call (tests use it to simulate a kill).
+    """
+
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    previous_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config, out, progress, stop_after)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(config: TrainConfig, out: Path, progress: bool, stop_after: int | None) -> Path:
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    mp = config.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() else "no"
+    accelerator = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+    device = accelerator.device
+
+    pool = SessionPool(config.data)
+    model = build_model(config, pool)
+    (out / "config.json").write_text(json.dumps({"train": _jsonable(dataclasses.asdict(config)),
+                                                 "model": model.config.to_dict()}, indent=2))
+    dit, text, vae = model.dit, model.text_encoder, model.vae
+    dit.train().requires_grad_(True)
+    dit.gradient_checkpointing = config.gradient_checkpointing
+    text.train().requires_grad_(config.train_text_encoder)
+    vae.eval().requires_grad_(False)
+    modules = {"dit": dit, "text_encoder": text}
+    groups = [{"params": [p for p in dit.parameters() if p.requires_grad], "lr": config.lr}]
+    if config.train_text_encoder:
+        groups.append({"params": [p for p in text.parameters() if p.requires_grad], "lr": config.text_lr or config.lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, betas=(0.9, 0.99))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    ema = EMA(modules, config.ema_decay)
+
+    ckpt = out / "checkpoint.pt"
+    step, elapsed, losses = 0, 0.0, []
+    if ckpt.exists():
+        state = load_checkpoint(ckpt)
+        for k, m in modules.items():
+            m.load_state_dict(state["modules"][k])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ema.shadow = state["ema"]
+        step, elapsed, losses = state["step"], state["elapsed"], [tuple(x) for x in state["losses"]]
+        log.info("resumed %s at step %d (%.1f min)", ckpt, step, elapsed / 60)
+    dit, text, optimizer, scheduler = accelerator.prepare(dit, text, optimizer, scheduler)
+    vae.to(device)
+    objective = Objective(accelerator.unwrap_model(dit), vae, accelerator.unwrap_model(text),
+                          FlowMatchSampler(model.config.sampler), config, model.config.session.resolution, forward=dit)
+
+    metrics = (out / "metrics.jsonl").open("a")
+    bar = tqdm(total=config.max_steps, initial=step, desc="pretrain", unit="step", disable=not progress)
+    start, last_ckpt, done_here = time.time() - elapsed, time.time(), 0
+    try:
+        while step < config.max_steps:
+            rng, gen = step_generators(config.seed, step, accelerator.process_index)
+            sessions = [compose(r, rng, config.composition) for r in pool.draw(rng, config.batch_size)]
+            with accelerator.autocast():
+                loss = objective.loss(sessions, gen, device)
+            accelerator.backward(loss)
+            if config.grad_clip:
+                accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.update({"dit": accelerator.unwrap_model(dit), "text_encoder": accelerator.unwrap_model(text)}, step)
+            step += 1
+            done_here += 1
+            value = float(loss.detach())
+            losses.append((step, value))
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if step % config.log_every == 0:
+                metrics.write(json.dumps({"step": step, "loss": value, "lr": scheduler.get_last_lr()[0],
+                                          "minutes": (time.time() - start) / 60}) + "\n")
+                metrics.flush()
+            out_of_time = config.max_minutes is not None and (time.time() - start) / 60 >= config.max_minutes
+            stop_now = stop_after is not None and done_here >= stop_after
+            if (time.time() - last_ckpt) / 60 >= config.checkpoint_minutes or out_of_time or stop_now or step >= config.max_steps:
+                if accelerator.is_main_process:
+                    save_checkpoint(ckpt, step=step, elapsed=time.time() - start,
+                                    modules={"dit": accelerator.unwrap_model(dit),
+                                             "text_encoder": accelerator.unwrap_model(text)},
+                                    ema=ema, optimizer=optimizer, scheduler=scheduler, losses=losses)
+                    plot_losses(losses, out / "loss.png")
+                    export_model(model, ema, out / "model")
+                last_ckpt = time.time()
+            if out_of_time or stop_now:
+                break
+    finally:
+        bar.close()
+        metrics.close()
+    return out / "model"
+
+
+def export_model(model: VincieModel, ema: EMA, folder: Path) -> Path:
+    """Write the EMA weights as a loadable model folder (config.json + safetensors + text encoder)."""
+    exported = copy.copy(model)
+    dit = copy.deepcopy(model.dit)
+    dit.load_state_dict({**dit.state_dict(), **ema.state_for("dit")})
+    text = copy.deepcopy(model.text_encoder)
+    text.load_state_dict({**text.state_dict(), **ema.state_for("text_encoder")})
+    exported.dit, exported.text_encoder = dit.eval(), text.eval()
+    return exported.save_pretrained(folder)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, set)):
+        return [_jsonable(v) for v in x]
+    return x
