@@ -238,6 +238,7 @@ class Session:
         return max(i for i, f in enumerate(self.frames) if f.kind == FrameKind.IMAGE)
 
     def _add_inputs(self, images: list[Image.Image], prompts: list[str]) -> None:
+        working_size(images[0].size, self.resolution)  # refuses sizes that leave no 16x16 block
         pixels = preprocess(images, self.resolution)  # (N, 3, h, w), all at the first image's size
         latents = self._encode(pixels) if not self.settings.exact_official else [None] * len(images)
         for i, (img, lat) in enumerate(zip(images, latents)):

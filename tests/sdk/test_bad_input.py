@@ -98,3 +98,8 @@ def test_atomic_writes_leave_nothing_on_failure(tmp_path):
             tmp.write_bytes(b"half")
             raise RuntimeError("killed")
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_too_thin_image_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="400x4 at resolution 64 leaves no 16x16 block"):
+        Session(tiny_model, Image.new("RGB", (400, 4)))
