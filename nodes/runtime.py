@@ -57,14 +57,31 @@ def is_checkpoint_dir(path: str | os.PathLike) -> bool:
         ((p / "dit.pth").is_file() and (p / "vae.pth").is_file())
 
 
+def is_single_file(path: str | os.PathLike) -> bool:
+    """A ``.safetensors`` file written by ``VincieModel.save_single_file`` (its header names a config)."""
+    p = Path(path)
+    if p.suffix != ".safetensors" or not p.is_file():
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            return "vincie_config" in (f.metadata() or {})
+    except Exception:  # unreadable files are simply not offered
+        return False
+
+
 def list_checkpoints() -> list[str]:
     """Names for the loader: installed embedded models first, then checkpoint folders (relative paths)."""
     root, embedded = _embedded()
     names = [n for n in embedded if (root / n / "config.json").is_file()]
     found = set()
     for base in folder_paths.get_folder_paths(FOLDER):
-        for dirpath, dirnames, _ in os.walk(base, followlinks=True):
+        for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
             rel = os.path.relpath(dirpath, base)
+            for name in filenames:
+                if is_single_file(os.path.join(dirpath, name)):
+                    found.add(os.path.normpath(os.path.join(rel, name)).replace(os.sep, "/"))
             if rel != "." and is_checkpoint_dir(dirpath):
                 found.add(rel.replace(os.sep, "/"))
                 dirnames[:] = []  # a checkpoint's subfolders (llm14b/, text_encoder/) are not checkpoints
@@ -82,11 +99,11 @@ def resolve_checkpoint(name: str) -> str:
     bases = folder_paths.get_folder_paths(FOLDER)
     for base in bases:
         path = os.path.join(base, name)
-        if is_checkpoint_dir(path):
+        if is_checkpoint_dir(path) or is_single_file(path):
             return os.path.realpath(path)
     raise FileNotFoundError(f"VINCIE checkpoint {name!r} not found in the '{FOLDER}' model folders {bases}; "
                             "put a checkpoint folder (dit.pth + vae.pth + llm14b/, or config.json + "
-                            "dit.safetensors + vae.safetensors + text_encoder/) there")
+                            "dit.safetensors + vae.safetensors + text_encoder/) or a single-file .safetensors there")
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -31,6 +32,8 @@ from .models.vae import CausalVAE, convert_official_state_dict
 log = logging.getLogger(__name__)
 
 EMBEDDED_DIR = Path(__file__).parent / "weights"
+SINGLE_FILE_KEY = "vincie_config"
+SINGLE_FILE_TEXT_FILES = "vincie_text_encoder_files"
 EMBEDDED_MODELS = ("vincie-shapes",)
 
 
@@ -76,6 +79,9 @@ class VincieModel:
         folder = _resolve_location(path, allow_download)
         device = torch.device(device)
         dtype = resolve_dtype(dtype, device)
+        if folder.is_file():
+            return cls._from_single_file(folder, device=device, dtype=dtype, text_encoder_path=text_encoder_path,
+                                         text_encoder_dtype=text_encoder_dtype, text_encoder_offload=text_encoder_offload)
         if (folder / "dit.pth").exists() and not (folder / "config.json").exists():
             config, dit, vae = _load_official(folder, config)
         elif (folder / "config.json").exists():
@@ -118,6 +124,61 @@ class VincieModel:
             save_safetensors(self.vae.state_dict(), tmp / "vae.safetensors")
             self.text_encoder.save_pretrained(tmp / self.config.text.subfolder)
         return folder
+
+    def save_single_file(self, path: str | os.PathLike, include_text_encoder: bool = True) -> Path:
+        """One ``.safetensors`` file: ``dit.*``, ``vae.*`` (and ``text_encoder.*``) tensors, with the config
+        and the text encoder's small files (HF config, tokenizer) in the metadata.
+
+        Without the text encoder (e.g. the official 28 GB Qwen), load with ``text_encoder_path=``.
+        """
+        tensors = {f"dit.{k}": v for k, v in self.dit.state_dict().items()}
+        tensors.update({f"vae.{k}": v for k, v in self.vae.state_dict().items()})
+        metadata = {SINGLE_FILE_KEY: self.config.to_json()}
+        if include_text_encoder:
+            with tempfile.TemporaryDirectory() as tmp:
+                self.text_encoder.save_pretrained(tmp)
+                files = {}
+                for f in sorted(Path(tmp).iterdir()):
+                    if f.suffix == ".safetensors":
+                        tensors.update({f"text_encoder.{k}": v for k, v in read_state_dict(f, "text encoder").items()})
+                    elif f.is_file():
+                        files[f.name] = f.read_text()
+                metadata[SINGLE_FILE_TEXT_FILES] = json.dumps(files)
+        save_safetensors(tensors, path, metadata=metadata)
+        return Path(path)
+
+    @classmethod
+    def _from_single_file(cls, path: Path, *, device, dtype, text_encoder_path, text_encoder_dtype,
+                          text_encoder_offload) -> "VincieModel":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+        except Exception as e:
+            raise ValueError(f"cannot read {path}: {e} (corrupt or not a safetensors file)") from None
+        if SINGLE_FILE_KEY not in metadata:
+            raise ValueError(f"{path} is a safetensors file without a VINCIE config; it is not a single-file "
+                             "VINCIE checkpoint (write one with VincieModel.save_single_file)")
+        config = VincieConfig.from_dict(json.loads(metadata[SINGLE_FILE_KEY]))
+        sd = read_state_dict(path, "single-file checkpoint")
+        parts = {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + ".")} for p in ("dit", "vae", "text_encoder")}
+        dit = load_into(_build_meta(VincieTransformer, config.dit), parts["dit"], f"{path} (dit.*)")
+        vae = load_into(_build_meta(CausalVAE, config.vae), parts["vae"], f"{path} (vae.*)")
+        te_device = torch.device("cpu") if text_encoder_offload else device
+        if text_encoder_path is not None:
+            text = TextEncoder.from_pretrained(text_encoder_path, config.text, device=te_device, dtype=text_encoder_dtype)
+        elif SINGLE_FILE_TEXT_FILES in metadata and parts["text_encoder"]:
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, content in json.loads(metadata[SINGLE_FILE_TEXT_FILES]).items():
+                    (Path(tmp) / Path(name).name).write_text(content)
+                save_safetensors(parts["text_encoder"], Path(tmp) / "model.safetensors", metadata={"format": "pt"})
+                text = TextEncoder.from_pretrained(tmp, config.text, device=te_device, dtype=text_encoder_dtype)
+        else:
+            raise FileNotFoundError(f"{path} holds no text encoder; pass text_encoder_path=")
+        vae_dtype = torch.float32 if device.type == "cpu" else dtype
+        return cls(config, dit.to(device=device, dtype=dtype), vae.to(device=device, dtype=vae_dtype), text,
+                   device, text_encoder_offload)
 
     # ------------------------------------------------------------------ encoders
     @property
@@ -183,8 +244,8 @@ def _resolve_location(path: str | os.PathLike, allow_download: bool) -> Path:
         return folder
     folder = Path(path).expanduser()
     if folder.exists():
-        if not folder.is_dir():
-            raise ValueError(f"{folder} is a file; pass the checkpoint folder (dit + vae + text encoder)")
+        if folder.is_file() and folder.suffix != ".safetensors":
+            raise ValueError(f"{folder} is a file; pass a checkpoint folder or a single-file .safetensors checkpoint")
         return folder
     if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
         if not allow_download:

@@ -75,8 +75,16 @@ def test_every_node_is_documented(pack):
 def test_loader_lists_folders_and_hides_the_missing_embedded_model(pack, tiny_checkpoint):
     runtime = pack.nodes.runtime
     (tiny_checkpoint / "not-a-checkpoint").mkdir(exist_ok=True)
+    from vincie_sdk import VincieModel
+
+    single = tiny_checkpoint / "single-tiny.safetensors"
+    if not single.exists():
+        VincieModel.from_pretrained(tiny_checkpoint / TINY_NAME).save_single_file(single)
+    (tiny_checkpoint / "unrelated.safetensors").write_bytes(b"junk")
     names = runtime.list_checkpoints()
     assert TINY_NAME in names and "not-a-checkpoint" not in names
+    assert "single-tiny.safetensors" in names and "unrelated.safetensors" not in names
+    assert runtime.resolve_checkpoint("single-tiny.safetensors") == str(single.resolve())
     embedded = (REPO / "vincie_sdk" / "weights" / "vincie-shapes" / "config.json").is_file()
     assert ("vincie-shapes" in names) == embedded
     with pytest.raises(FileNotFoundError, match="'nope' not found in the 'vincie' model folders"):

@@ -130,3 +130,20 @@ def test_bad_instructions_and_turn_limit(source_image):
     s.edit("two")
     with pytest.raises(ValueError, match="turn embeddings"):
         s.edit("three")
+
+
+def test_single_file_checkpoint(tiny_model, source_image, tmp_path):
+    path = tiny_model.save_single_file(tmp_path / "tiny.safetensors")
+    loaded = VincieModel.from_pretrained(path)
+    tiny_model.text_encoder.cache_clear()
+    a = Session(tiny_model, source_image, seed=2, steps=2).edit("add a hat")
+    b = Session(loaded, source_image, seed=2, steps=2).edit("add a hat")
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    bare = tiny_model.save_single_file(tmp_path / "bare.safetensors", include_text_encoder=False)
+    with pytest.raises(FileNotFoundError, match="text_encoder_path"):
+        VincieModel.from_pretrained(bare)
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="without a VINCIE config"):
+        VincieModel.from_pretrained(tmp_path / "other.safetensors")
