@@ -40,14 +40,6 @@ def image_to_pils(image: torch.Tensor, what: str = "image") -> list[Image.Image]
     return [Image.fromarray(p.numpy()) for p in pixels]
 
 
-def single_image(image: torch.Tensor, what: str, hint: str) -> Image.Image:
-    """The one image of a batch of size 1; a larger batch is an error explaining what to do instead."""
-    pils = image_to_pils(image, what)
-    if len(pils) != 1:
-        raise ValueError(f"{what} is a batch of {len(pils)} images; this input takes one image. {hint}")
-    return pils[0]
-
-
 def check_working_size(image: Image.Image, resolution: int, what: str) -> None:
     """Fail early, with the SDK's clear message, for an image that leaves no 16x16 block at ``resolution``
     (an extreme aspect ratio); the session would otherwise fail deep inside the VAE."""

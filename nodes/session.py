@@ -38,7 +38,8 @@ class VincieSessionBuilder(io.ComfyNode):
             inputs=[
                 runtime.ModelSocket.Input("model"),
                 io.Image.Input("image", optional=True,
-                               tooltip="Source image (one image; for several references use VINCIE Compose)."),
+                               tooltip="Source image. A batch of several starts the session with the first as frame 0 and the "
+                                       "others as references in context (edits continue from the last)."),
                 runtime.SessionSocket.Input("session", optional=True,
                                             tooltip="Continue this session instead (connect either image or session)."),
                 runtime.session_seed_input(),
@@ -61,10 +62,10 @@ class VincieSessionBuilder(io.ComfyNode):
             raise ValueError("connect an image to start a session, or a session to continue it (one of the two)")
         if session is not None:
             return io.NodeOutput(_continue(session, model, seed, resolution, negative_prompt, camera_prefix))
-        source = convert.single_image(image, "image", "Pick one with 'Image From Batch', or use VINCIE Compose "
-                                                      "for several reference images.")
-        convert.check_working_size(source, resolution or model.config.session.resolution, "image")
+        sources = convert.image_to_pils(image)
+        convert.check_working_size(sources[0], resolution or model.config.session.resolution, "image")
         runtime.prepare(model)
+        source = sources[0] if len(sources) == 1 else sources  # a batch: frame 0 + references
         return io.NodeOutput(Session(model, source, seed=seed, resolution=resolution or None,
                                      negative_prompt=negative_prompt or None, camera_prefix=camera_prefix or None))
 

@@ -22,7 +22,7 @@ from vincie_sdk.loading import load_into, read_state_dict
 from vincie_sdk.model import VincieModel
 from vincie_sdk.models.dit import VincieTransformer
 from vincie_sdk.models.text_encoder import TextEncoder, build_text_encoder_folder
-from vincie_sdk.models.vae import CausalVAE
+from vincie_sdk.models.autoencoder import build_autoencoder
 from vincie_sdk.prompts import TASK_PHRASES, FrameKind, frame_prompt
 
 _WORD = re.compile(r"[a-z]+|\d|[^\sa-z\d]")
@@ -58,10 +58,10 @@ def fresh_model(config: VincieConfig, *, vae_dir: str | Path | None, vocab: list
         if cfg_file.exists():
             fields = json.loads(cfg_file.read_text())
             config = config.replace(vae=VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}))
-        vae = load_into(CausalVAE(config.vae), read_state_dict(vae_dir / "vae.safetensors", "autoencoder"),
+        vae = load_into(build_autoencoder(config.vae), read_state_dict(vae_dir / "vae.safetensors", "autoencoder"),
                         str(vae_dir / "vae.safetensors"))
     else:
-        vae = CausalVAE(config.vae)
+        vae = build_autoencoder(config.vae)
     dit = VincieTransformer(config.dit)
     # Start by predicting zero velocity: the output projection is zero-initialised (as adaLN-Zero DiTs do).
     torch.nn.init.zeros_(dit.vid_out.proj.weight)

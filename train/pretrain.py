@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -152,18 +153,32 @@ class Objective:
                  resolution: int, forward=None) -> None:
         self.dit, self.vae, self.text_encoder, self.sampler = dit, vae, text_encoder, sampler
         self.forward = forward or dit  # the (possibly distributed-wrapped) module to call
+        self.latent_cache: dict[bytes, torch.Tensor] = {}
+        self.max_cached = 200_000
         self.config = config
         self.resolution = resolution
 
     @torch.no_grad()
     def encode_frames(self, sessions: list[ComposedSession], device) -> list[torch.Tensor]:
-        """VAE latents (N_b, h, w, C) per session (one batched encode)."""
+        """VAE latents (N_b, h, w, C) per session. The autoencoder is frozen, so each distinct image is
+        encoded once and its latent cached (keyed by a digest of its pixels)."""
         from PIL import Image
 
-        pixels = [preprocess([Image.fromarray(img) for img in s.images], self.resolution) for s in sessions]
-        flat = torch.cat(pixels).to(device, self.vae.dtype)
-        latents = self.vae.encode_images(flat, sample=False).float()
-        return list(latents.split([p.shape[0] for p in pixels]))
+        keys = [[hashlib.blake2b(img.tobytes(), digest_size=16).digest() for img in s.images] for s in sessions]
+        todo = {}
+        for s, ks in zip(sessions, keys):
+            for img, k in zip(s.images, ks):
+                if k not in self.latent_cache:
+                    todo[k] = img
+        if todo:
+            pixels = preprocess([Image.fromarray(img) for img in todo.values()], self.resolution) \
+                if len({img.shape for img in todo.values()}) == 1 else \
+                torch.cat([preprocess([Image.fromarray(img)], self.resolution) for img in todo.values()])
+            latents = self.vae.encode_images(pixels.to(device, self.vae.dtype), sample=False).float()
+            if len(self.latent_cache) + len(todo) > self.max_cached:
+                self.latent_cache.clear()
+            self.latent_cache.update(zip(todo, latents))
+        return [torch.stack([self.latent_cache[k] for k in ks]) for ks in keys]
 
     def fused_prompts(self, texts: list[list[str]], device) -> list[list[torch.Tensor]]:
         """Per session, per prompt j: [turn id j ; text states] (ids follow the official seq_concat)."""
@@ -439,6 +454,7 @@ def _train(config: TrainConfig, out: Path, progress: bool, stop_after: int | Non
                                     ema=ema, optimizer=optimizer, scheduler=scheduler, losses=losses)
                     plot_losses(losses, out / "loss.png")
                     export_model(model, ema, out / "model")
+                    sample_grid(out / "model", pool, out / "samples" / f"step{step:07d}.png")
                 last_ckpt = time.time()
             if out_of_time or stop_now:
                 break
@@ -457,6 +473,28 @@ def export_model(model: VincieModel, ema: EMA, folder: Path) -> Path:
     text.load_state_dict({**text.state_dict(), **ema.state_for("text_encoder")})
     exported.dit, exported.text_encoder = dit.eval(), text.eval()
     return exported.save_pretrained(folder)
+
+
+def sample_grid(model_dir: Path, pool: SessionPool, path: Path, sessions: int = 3, steps: int = 10) -> None:
+    """A contact sheet of the exported model replaying the first turns of a few training sessions
+    (ground truth on the left of each row's predictions), to look at progress."""
+    from PIL import Image
+
+    from vincie_sdk import Session
+    from vincie_sdk.sheet import contact_sheet
+
+    model = VincieModel.from_pretrained(model_dir)
+    rows = []
+    for record in pool.sessions[:: max(1, len(pool.sessions) // sessions)][:sessions]:
+        s = Session(model, record.frames[0], seed=0, steps=steps)
+        row = [(Image.fromarray(record.frames[0]), "source")]
+        for k, turn in enumerate(record.turns[:3]):
+            pred = s.edit(turn.instruction)
+            row += [(Image.fromarray(record.frames[k + 1]), f"truth: {turn.instruction}"), (pred, "model")]
+        rows.append(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        contact_sheet(rows, cell=128, title=f"{model_dir} samples").save(tmp, format="PNG")
 
 
 def _jsonable(x):

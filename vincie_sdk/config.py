@@ -81,6 +81,7 @@ class DiTConfig:
 class VAEConfig:
     """The causal 3-D KL autoencoder (official `VideoAutoencoderKLWrapper`, s8_c16_t4 SD3-style)."""
 
+    kind: str = "causal3d"  # "causal3d" (the official VAE) or "pixel" (parameter-free space-to-depth)
     block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
     layers_per_block: int = 2  # encoder; the decoder uses layers_per_block + 1
     latent_channels: int = 16
@@ -197,14 +198,14 @@ SMALL = VincieConfig(
 )
 
 # The embedded model: trained here, on a CPU, from synthetic video of a shapes world (64x64 frames).
-# Block-causal with a cached history; its autoencoder (x4, 8 channels) and text encoder are its own.
+# Block-causal with a cached history; pixel space (4x4 pixel blocks folded into 48 channels: exact,
+# nothing to train); its own word-level text encoder, trained with the DiT.
 SHAPES = VincieConfig(
     name="vincie-shapes",
-    dit=DiTConfig(vid_in_channels=17, vid_out_channels=8, vid_dim=192, txt_in_dim=64, heads=3, head_dim=64,
+    dit=DiTConfig(vid_in_channels=97, vid_out_channels=48, vid_dim=256, txt_in_dim=64, heads=4, head_dim=64,
                   num_layers=6, mm_layers=2, rope_dim=60, attention="block_causal"),
-    vae=VAEConfig(block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=8, norm_num_groups=8,
-                  temporal_scale_num=0, spatial_downsample_factor=4, temporal_downsample_factor=1,
-                  mid_attention=False, scaling_factor=1.0, shifting_factor=0.0, use_sample=False),
+    vae=VAEConfig(kind="pixel", spatial_downsample_factor=4, latent_channels=48, scaling_factor=1.5,
+                  shifting_factor=0.0, use_sample=False),
     text=TextEncoderConfig(subfolder="text_encoder", hidden_size=64, max_length=48, trust_remote_code=False,
                            dtype="float32"),
     sampler=SamplerConfig(steps=20, shift=3.0, cfg_scale=2.0),

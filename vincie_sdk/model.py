@@ -21,12 +21,14 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .config import VincieConfig, get_preset
 from .loading import (atomic_dir, dit_config_from_state_dict, load_into, read_config, read_state_dict,
                       resolve_dtype, save_safetensors, write_json)
 from .models.dit import VincieTransformer
 from .models.text_encoder import TextEncoder, build_text_encoder_folder
+from .models.autoencoder import build_autoencoder
 from .models.vae import CausalVAE, convert_official_state_dict
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ class VincieModel:
             encoding (saves its memory on the GPU between turns).
     """
 
-    def __init__(self, config: VincieConfig, dit: VincieTransformer, vae: CausalVAE, text_encoder: TextEncoder,
+    def __init__(self, config: VincieConfig, dit: VincieTransformer, vae: nn.Module, text_encoder: TextEncoder,
                  device: torch.device | str = "cpu", text_encoder_offload: bool = False) -> None:
         self.config = config
         self.dit = dit.eval().requires_grad_(False)
@@ -88,7 +90,7 @@ class VincieModel:
             config = read_config(folder)
             dit = _build_meta(VincieTransformer, config.dit)
             load_into(dit, read_state_dict(folder / "dit.safetensors", "DiT weights"), f"{folder}/dit.safetensors")
-            vae = _build_meta(CausalVAE, config.vae)
+            vae = _build_meta(build_autoencoder, config.vae)
             load_into(vae, read_state_dict(folder / "vae.safetensors", "VAE weights"), f"{folder}/vae.safetensors")
         else:
             raise FileNotFoundError(
@@ -108,7 +110,7 @@ class VincieModel:
                     vocab: list[str] | None = None) -> "VincieModel":
         """Randomly initialised model (tests, benchmarks, the start of training). It does not edit."""
         torch.manual_seed(seed)
-        dit, vae = VincieTransformer(config.dit), CausalVAE(config.vae)
+        dit, vae = VincieTransformer(config.dit), build_autoencoder(config.vae)
         with tempfile.TemporaryDirectory() as tmp:
             build_text_encoder_folder(tmp, vocab=vocab, hidden_size=config.text.hidden_size,
                                       max_length=config.text.max_length, seed=seed)
@@ -164,7 +166,7 @@ class VincieModel:
         sd = read_state_dict(path, "single-file checkpoint")
         parts = {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + ".")} for p in ("dit", "vae", "text_encoder")}
         dit = load_into(_build_meta(VincieTransformer, config.dit), parts["dit"], f"{path} (dit.*)")
-        vae = load_into(_build_meta(CausalVAE, config.vae), parts["vae"], f"{path} (vae.*)")
+        vae = load_into(_build_meta(build_autoencoder, config.vae), parts["vae"], f"{path} (vae.*)")
         te_device = torch.device("cpu") if text_encoder_offload else device
         if text_encoder_path is not None:
             text = TextEncoder.from_pretrained(text_encoder_path, config.text, device=te_device, dtype=text_encoder_dtype)

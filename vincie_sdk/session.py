@@ -82,7 +82,8 @@ class Session:
 
     Args:
         model: a loaded :class:`VincieModel`.
-        image: the source image (path, PIL image, array or tensor).
+        image: the source image (path, PIL image, array or tensor), or a list of them: the first is the
+            session's frame 0, the others join the context as references and edits apply to the last.
         seed: noise seed (the official code uses the same seed every turn).
         resolution: working area is resolution**2 pixels (default: the model's, 256 for VINCIE-3B).
         negative_prompt, camera_prefix, pad_img_placeholder, steps, cfg_scale: override the model's defaults.
@@ -100,7 +101,14 @@ class Session:
         self.frames: list[Frame] = []
         # Block-causal models: the clean history's KV cache and the uids of the frames it holds.
         self._history: tuple[bc.CachedHistory, tuple[int, ...]] | None = None
-        if image is not None:
+        if isinstance(image, (list, tuple)):
+            if not image:
+                raise ValueError("image: an empty list; give one source image or several")
+            # Several sources: the first is frame 0, the others are introduced as references
+            # ("<IMG1>: ", ...), as in the official multi-concept convention; edits continue from the last.
+            images = [load_image(im, max_side=self._cfg.max_side, what=f"source image {i}") for i, im in enumerate(image)]
+            self._add_inputs(images, compose_prompts("", len(images))[:-1])
+        elif image is not None:
             self._add_inputs([load_image(image, max_side=self._cfg.max_side, what="source image")], [])
 
     # ------------------------------------------------------------------ settings

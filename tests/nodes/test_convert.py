@@ -30,11 +30,6 @@ def test_alpha_is_dropped_and_bad_shapes_are_named():
         convert.image_to_pils(torch.ones(4, 4, 3), "source")
 
 
-def test_single_image_rejects_batches_with_a_hint():
-    with pytest.raises(ValueError, match="batch of 2 images.*use Compose"):
-        convert.single_image(torch.zeros(2, 8, 8, 3), "image", "use Compose")
-
-
 def test_pils_to_image_resizes_to_a_common_size():
     out = convert.pils_to_image([Image.new("RGB", (10, 10)), Image.new("RGB", (20, 8))], size=(16, 12))
     assert out.shape == (2, 12, 16, 3) and out.dtype == torch.float32

@@ -114,8 +114,8 @@ def test_builder_errors_are_clear(pack, model):
     common = {"seed": 1, "resolution": 0, "negative_prompt": "", "camera_prefix": ""}
     with pytest.raises(ValueError, match="connect an image to start a session, or a session"):
         builder.execute(model, **common)
-    with pytest.raises(ValueError, match="batch of 2 images.*VINCIE Compose"):
-        builder.execute(model, image=torch.zeros(2, 32, 32, 3), **common)
+    batch = run(builder, model=model, image=torch.rand(2, 32, 32, 3), **common)[0]
+    assert len(batch.frames) == 2 and batch.frames[1].prompt == "<IMG1>: "  # frame 0 + a reference
     with pytest.raises(ValueError, match=r"image: image 400x4 at resolution 64 leaves no \d+x\d+ block"):
         builder.execute(model, image=torch.zeros(1, 4, 400, 3), **common)
 

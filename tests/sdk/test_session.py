@@ -147,3 +147,12 @@ def test_single_file_checkpoint(tiny_model, source_image, tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="without a VINCIE config"):
         VincieModel.from_pretrained(tmp_path / "other.safetensors")
+
+
+def test_several_source_images(tiny_model, source_image):
+    s = Session(tiny_model, [source_image, source_image.rotate(180)], steps=2)
+    assert [f.prompt for f in s.frames] == [None, "<IMG1>: "]
+    s.edit("combine them")
+    assert s.frames[-1].prompt == "Based on <IMG1>, combine them. Output <IMG2>: "
+    with pytest.raises(ValueError, match="empty list"):
+        Session(tiny_model, [])

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Re-train the embedded model `vincie-shapes` from scratch, from synthetic video only, and install it
+# into vincie_sdk/weights/vincie-shapes. Every stage resumes where it stopped: re-run the script after
+# an interruption. About 3 hours on a 2-core CPU (minutes on a GPU).
+#
+#   scripts/train_embedded.sh [--set KEY=VALUE ...]     (extra args go to the pretraining stage)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="$(bash scripts/setup.sh | tail -n 1)"
+VINCIE="$VENV/bin/vincie"
+
+# 1. The autoencoder (x4, 8 channels) on frames and region masks of the synthetic world.
+"$VINCIE" train train/configs/shapes_autoencoder.yaml
+# 2. Synthetic videos, then sessions built from them by the data pipeline (exact annotations and masks).
+[ -f data/shapes-videos/.done ] || { "$VINCIE" data synth --out data/shapes-videos --videos 4000 --seed 0 && touch data/shapes-videos/.done; }
+"$VINCIE" data build --videos data/shapes-videos --out data/shapes-shards --videos-per-shard 50
+# 3. Pretraining with NIP + CSP + NSP (block-causal), then install the EMA weights.
+"$VINCIE" train train/configs/shapes_pretrain.yaml "$@"
+rm -rf vincie_sdk/weights/vincie-shapes.tmp
+cp -r runs/shapes-pretrain/model vincie_sdk/weights/vincie-shapes.tmp
+rm -rf vincie_sdk/weights/vincie-shapes
+mv vincie_sdk/weights/vincie-shapes.tmp vincie_sdk/weights/vincie-shapes
+echo "installed vincie_sdk/weights/vincie-shapes"
