@@ -9,12 +9,10 @@ cd "$(dirname "$0")/.."
 VENV="$(bash scripts/setup.sh | tail -n 1)"
 VINCIE="$VENV/bin/vincie"
 
-# 1. The autoencoder (x4, 8 channels) on frames and region masks of the synthetic world.
-"$VINCIE" train train/configs/shapes_autoencoder.yaml
-# 2. Synthetic videos, then sessions built from them by the data pipeline (exact annotations and masks).
+# 1. Synthetic videos, then sessions built from them by the data pipeline (exact annotations and masks).
 [ -f data/shapes-videos/.done ] || { "$VINCIE" data synth --out data/shapes-videos --videos 4000 --seed 0 && touch data/shapes-videos/.done; }
 "$VINCIE" data build --videos data/shapes-videos --out data/shapes-shards --videos-per-shard 50
-# 3. Pretraining with NIP + CSP + NSP (block-causal), then install the EMA weights.
+# 2. Pretraining with NIP + CSP + NSP (block-causal), then install the EMA weights.
 "$VINCIE" train train/configs/shapes_pretrain.yaml "$@"
 rm -rf vincie_sdk/weights/vincie-shapes.tmp
 cp -r runs/shapes-pretrain/model vincie_sdk/weights/vincie-shapes.tmp
