@@ -360,10 +360,23 @@ class OpenAIAnnotator(_VLMAnnotator):
 class HFAnnotator(_VLMAnnotator):
     """Annotate with a local transformers image-text-to-text model (e.g. a Qwen2.5-VL folder).
 
+    The folder is loaded with ``AutoProcessor`` and ``AutoModelForImageTextToText`` (offline). Each attempt
+    renders the chain-of-thought prompt with both frames through the processor's chat template (which
+    inserts the model's image tokens and preprocesses the images), generates at most ``max_new_tokens``
+    (greedy first, sampled on retries) and decodes only the generated tokens; the reply is then parsed
+    like any other backend's, and a malformed reply is retried up to ``max_retries`` times before the turn
+    is rejected with :class:`AnnotationError`.
+
     Args:
-        model_dir: folder with the model's config, weights and processor (nothing is downloaded).
+        model_dir: folder with the model's config, weights and processor (nothing is downloaded); the
+            processor (or its tokenizer) must have a chat template, i.e. an instruction-tuned model.
         device: torch device.
         max_new_tokens: generation budget (the chain of thought is long).
+        max_retries: extra attempts after a failed generation or an invalid reply.
+
+    Raises:
+        FileNotFoundError: ``model_dir`` is not a folder.
+        ValueError: the processor has no chat template.
 
     Example:
         >>> ann = HFAnnotator("/models/Qwen2.5-VL-3B-Instruct")  # doctest: +SKIP
@@ -376,35 +389,59 @@ class HFAnnotator(_VLMAnnotator):
         path = Path(model_dir)
         if not path.is_dir():
             raise FileNotFoundError(f"annotator 'hf': model folder {path} does not exist; pass --hf-model DIR")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        if not (
+            getattr(self.processor, "chat_template", None)
+            or getattr(getattr(self.processor, "tokenizer", None), "chat_template", None)
+        ):
+            raise ValueError(
+                f"annotator 'hf': the processor in {path} has no chat template (chat_template.jinja); "
+                "use an instruction-tuned vision-language model"
+            )
         self.model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype="auto")
         self.model.to(device).eval()
         self.device, self.max_new_tokens = device, max_new_tokens
 
-    def complete(self, source: np.ndarray, target: np.ndarray, attempt: int) -> str:
-        import torch
-
-        messages = [
+    def messages(self, source: np.ndarray, target: np.ndarray) -> list[dict]:
+        """The chat: the prompt, then the SOURCE and TARGET frames, as one user turn."""
+        return [
             {
                 "role": "user",
                 "content": [
                     {"type": "text", "text": ANNOTATION_PROMPT},
                     {"type": "text", "text": "SOURCE frame:"},
-                    {"type": "image"},
+                    {"type": "image", "image": Image.fromarray(source)},
                     {"type": "text", "text": "TARGET frame:"},
-                    {"type": "image"},
+                    {"type": "image", "image": Image.fromarray(target)},
                 ],
             }
         ]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        images = [Image.fromarray(source), Image.fromarray(target)]
-        inputs = self.processor(text=[text], images=images, return_tensors="pt").to(self.device)
+
+    def complete(self, source: np.ndarray, target: np.ndarray, attempt: int) -> str:
+        import torch
+
+        # The processor's chat template inserts the model's image tokens and preprocesses the two frames
+        # (this also handles the per-model nesting of images, e.g. Idefics3 / SmolVLM).
+        inputs = self.processor.apply_chat_template(
+            self.messages(source, target),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+        )
+        # Floating point inputs (pixel values) follow the model's dtype, e.g. a bfloat16 checkpoint.
+        inputs = inputs.to(self.model.device, dtype=self.model.dtype)
+        prompt_len = inputs["input_ids"].shape[1]
         with torch.no_grad():
             # Greedy first; later attempts sample, so a retry can produce a different (valid) reply.
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=attempt > 0)
-        return self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+        sequences = getattr(out, "sequences", out)  # a generation config may ask for a dict output
+        # Decoder-only VLMs return the prompt followed by the reply: decode only the new tokens.
+        return self.processor.batch_decode(sequences[:, prompt_len:], skip_special_tokens=True)[0]
 
 
 def make_annotator(name: str, **options) -> Annotator:
