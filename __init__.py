@@ -34,9 +34,9 @@ except ImportError:  # not running inside ComfyUI
 
 if ComfyExtension is not None:
     _ensure_sdk()
-    from .nodes import loader, masks, sampling, session
+    from .nodes import loader, lora, masks, sampling, session
 
-    NODES = [*loader.NODES, *session.NODES, *sampling.NODES, *masks.NODES]
+    NODES = [*loader.NODES, *session.NODES, *sampling.NODES, *masks.NODES, *lora.NODES]
 
     class VincieExtension(ComfyExtension):
         async def get_node_list(self) -> list:

@@ -9,10 +9,15 @@
   memory or on ``/free``.
 * Loaded models are cached here, keyed by (folder, dtype, device, text-encoder placement), never on a
   node class; an entry is dropped when ComfyUI unloads the model.
+* LoRA adapters (``vincie_loras`` model folder) never touch a cached model: :func:`apply_lora` returns a
+  new model value sharing the networks, whose DiT patcher is a clone carrying the adapter as ComfyUI
+  weight patches. ComfyUI merges them into the weights when that value is used and restores the base
+  weights when a value without them (or with other ones) is used next, exactly as for its own LoRAs.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import weakref
@@ -31,6 +36,7 @@ log = logging.getLogger(__name__)
 
 CATEGORY = "VINCIE"
 FOLDER = "vincie"
+LORA_FOLDER = "vincie_loras"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TEXT_ENCODER_PLACEMENTS = ("gpu", "cpu", "offload")
 CACHE_SIZE = 2
@@ -39,6 +45,7 @@ ModelSocket = io.Custom("VINCIE_MODEL")
 SessionSocket = io.Custom("VINCIE_SESSION")
 
 folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
+folder_paths.add_model_folder_path(LORA_FOLDER, os.path.join(folder_paths.models_dir, LORA_FOLDER))
 
 _CACHE: OrderedDict[tuple, object] = OrderedDict()  # key -> VincieModel, most recent last
 _PATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # VincieModel -> [ModelPatcher]
@@ -142,12 +149,73 @@ def load_model(checkpoint: str, dtype: str = "auto", text_encoder: str = "gpu"):
         patchers.append(comfy.model_patcher.ModelPatcher(_Weights(text_encoder=model.text_encoder),
                                                          mm.text_encoder_device(), mm.text_encoder_offload_device()))
     for p in patchers:
-        p.add_callback(comfy.patcher_extension.CallbacksMP.ON_DETACH, lambda *_, k=key: _CACHE.pop(k, None))
+        # Dropped on a real unload only: switching to a LoRA clone of the same weights detaches without unpatching.
+        p.add_callback(comfy.patcher_extension.CallbacksMP.ON_DETACH,
+                       lambda _patcher, unpatch_all=True, k=key: _CACHE.pop(k, None) if unpatch_all else None)
     _PATCHERS[model] = patchers
     _CACHE[key] = model
     while len(_CACHE) > CACHE_SIZE:
         _CACHE.popitem(last=False)
     return model
+
+
+def list_loras() -> list[str]:
+    """Adapters in the ``vincie_loras`` model folders: adapter folders and ``.safetensors`` files with a VINCIE
+    LoRA config (relative paths)."""
+    from vincie_sdk.lora import is_adapter
+
+    found = set()
+    for base in folder_paths.get_folder_paths(LORA_FOLDER):
+        for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+            rel = os.path.relpath(dirpath, base)
+            if rel != "." and is_adapter(dirpath):
+                found.add(rel.replace(os.sep, "/"))
+                dirnames[:] = []
+                continue
+            found.update(os.path.normpath(os.path.join(rel, f)).replace(os.sep, "/") for f in filenames
+                         if is_adapter(os.path.join(dirpath, f)))
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")] if rel.count(os.sep) < 2 else []
+    return sorted(found)
+
+
+def resolve_lora(name: str) -> str:
+    from vincie_sdk.lora import is_adapter
+
+    bases = folder_paths.get_folder_paths(LORA_FOLDER)
+    for base in bases:
+        path = os.path.join(base, name)
+        if is_adapter(path):
+            return os.path.realpath(path)
+    raise FileNotFoundError(f"VINCIE LoRA {name!r} not found in the '{LORA_FOLDER}' model folders {bases}; put an "
+                            "adapter folder (adapter_config.json + adapter_model.safetensors) or a .safetensors "
+                            "adapter written by `vincie train-lora` there")
+
+
+def apply_lora(model, name: str, strength: float):
+    """A new model value with the adapter ``name`` applied at ``strength`` (the input is not changed).
+
+    The networks are shared; the adapter lives as low-rank ComfyUI weight patches on a clone of the DiT's
+    patcher, so no weights are copied and the cached base model keeps computing the base model.
+    """
+    from comfy.weight_adapter import LoRAAdapter
+    from vincie_sdk.lora import LoraAdapter
+
+    patchers = _PATCHERS.get(model)
+    if not patchers:
+        raise ValueError("this model has no ComfyUI patcher: connect a VINCIE Model Loader (or LoRA Loader) output")
+    adapter = LoraAdapter.load(resolve_lora(name))
+    adapter.check(model.dit, model.config.name)
+    if strength == 0:
+        return model
+    dit_patcher = patchers[0].clone()
+    patches = {f"dit.{module}.weight": LoRAAdapter(set(), (b, a, adapter.alpha, None, None, None))
+               for module, (a, b) in adapter.weights.items()}
+    applied = dit_patcher.add_patches(patches, strength)
+    if len(applied) != len(patches):  # cannot happen after check(); guards against a renamed container
+        raise ValueError(f"LoRA {name!r}: only {len(applied)} of {len(patches)} layers found in the model")
+    patched = copy.copy(model)
+    _PATCHERS[patched] = [dit_patcher, *patchers[1:]]
+    return patched
 
 
 def prepare(model) -> None:

@@ -251,9 +251,85 @@ def _add_train(subparsers) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def cmd_pairs(args: argparse.Namespace) -> int:
+    from .data.edits import synth_edits
+
+    _setup_logging(args)
+    path = synth_edits(args.out, args.n, seed=args.seed, turns=args.turns, size=args.size, split=args.phrasings)
+    print(f"wrote {args.n} synthetic {'pairs' if args.turns == 1 else f'{args.turns}-turn sequences'} to {path}")
+    return 0
+
+
+def _add_pairs(sub) -> None:
+    p = sub.add_parser(
+        "pairs", help="render synthetic edits (source, instruction, target) for LoRA fine-tuning",
+        description="Render edits of the shapes world into the edit folder format (pairs.jsonl + images/, "
+                    "see docs/lora.md). Edit i depends only on (--seed, i); the random streams are salted, so "
+                    "no edit is a pretraining video or a ShapesBench item.")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n", type=int, required=True, help="number of edits")
+    p.add_argument("--turns", type=int, default=1, help="turns per edit: 1 = pairs, more = sequences (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    p.add_argument("--phrasings", choices=("train", "eval", "all"), default="train",
+                   help="instruction wordings (default train; eval ones are ShapesBench's held-out phrasings)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    p.set_defaults(func=cmd_pairs)
+
+
+def _apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    """``KEY=VALUE`` (YAML value); dotted keys reach nested sections, e.g. ``lora.r=16``."""
+    import yaml
+
+    for override in overrides or []:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {override!r}: use KEY=VALUE")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {override!r}: {part!r} is not a section")
+        node[leaf] = yaml.safe_load(value)
+    return raw
+
+
+def cmd_train_lora(args: argparse.Namespace) -> int:
+    """``vincie train-lora CONFIG``: LoRA fine-tuning of a model's DiT on editing data."""
+    import yaml
+
+    from .lora import LoraTrainConfig, train_lora
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise FileNotFoundError(f"train-lora config not found: {path}")
+    raw = _apply_overrides(yaml.safe_load(path.read_text()) or {}, args.set)
+    _setup_logging(args)
+    adapter = train_lora(LoraTrainConfig.from_dict(raw), progress=not args.quiet)
+    print(f"LoRA adapter written to {adapter} (apply it with: vincie edit IMAGE -p ... --lora {adapter}:1.0)")
+    return 0
+
+
+def _add_train_lora(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train-lora", help="LoRA fine-tuning of the DiT on edit pairs / multi-turn sequences",
+        description=("Run or resume the LoRA fine-tuning described by a YAML config (see train/configs/lora_*.yaml "
+                     "and docs/lora.md); re-running resumes from the last checkpoint exactly. "
+                     "Example: vincie train-lora train/configs/lora_shapes_pairs.yaml --set max_steps=200"))
+    p.add_argument("config", help="YAML config (keys of vincie_train.lora.LoraTrainConfig)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key (YAML value; dotted keys for sections, e.g. lora.r=16)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    p.set_defaults(func=cmd_train_lora)
+
+
 def register(subparsers) -> None:
-    """Add the ``data`` and ``train`` commands (and ``eval`` when available) to ``vincie``'s subparsers."""
+    """Add the ``data``, ``train`` and ``train-lora`` commands (and ``eval`` when available) to ``vincie``'s
+    subparsers."""
     _add_train(subparsers)
+    _add_train_lora(subparsers)
     try:
         from .eval.cli import register_eval
     except ImportError:  # evaluation extras missing: the other commands still work
@@ -264,11 +340,12 @@ def register(subparsers) -> None:
         "data", help="synthetic videos and the video -> session data pipeline",
         description="Synthetic video world and video -> session shards (see docs/data.md).",
     )
-    sub = data.add_subparsers(dest="data_command", metavar="{synth,build,show}")
+    sub = data.add_subparsers(dest="data_command", metavar="{synth,build,show,pairs}")
     sub.required = True
     _add_synth(sub)
     _add_build(sub)
     _add_show(sub)
+    _add_pairs(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -130,6 +130,15 @@ class SessionPool:
         self.config = config
         log.info("loaded %d sessions from %s", len(self.sessions), list(config.shards))
 
+    @classmethod
+    def from_sessions(cls, sessions: list[SessionRecord], config: DataConfig) -> "SessionPool":
+        """A pool over sessions already in memory (``config.shards`` is not read)."""
+        if not sessions:
+            raise ValueError("SessionPool: no sessions")
+        pool = cls.__new__(cls)
+        pool.sessions, pool.config = list(sessions), config
+        return pool
+
     def draw(self, rng: np.random.Generator, n: int) -> list[SessionRecord]:
         out = []
         for _ in range(n):
@@ -376,13 +385,7 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
 
 
 def _train(config: TrainConfig, out: Path, progress: bool, stop_after: int | None) -> Path:
-    from accelerate import Accelerator
-    from tqdm import tqdm
-
-    mp = config.mixed_precision
-    if mp == "auto":
-        mp = "bf16" if torch.cuda.is_available() else "no"
-    accelerator = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(config.mixed_precision)
     device = accelerator.device
 
     pool = SessionPool(config.data)
@@ -403,65 +406,129 @@ def _train(config: TrainConfig, out: Path, progress: bool, stop_after: int | Non
     ema = EMA(modules, config.ema_decay)
 
     ckpt = out / "checkpoint.pt"
-    step, elapsed, losses = 0, 0.0, []
-    if ckpt.exists():
-        state = load_checkpoint(ckpt)
-        for k, m in modules.items():
-            m.load_state_dict(state["modules"][k])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ema.shadow = state["ema"]
-        step, elapsed, losses = state["step"], state["elapsed"], [tuple(x) for x in state["losses"]]
-        log.info("resumed %s at step %d (%.1f min)", ckpt, step, elapsed / 60)
+    state = resume(ckpt, modules, optimizer, scheduler, ema)
     dit, text, optimizer, scheduler = accelerator.prepare(dit, text, optimizer, scheduler)
     vae.to(device)
     objective = Objective(accelerator.unwrap_model(dit), vae, accelerator.unwrap_model(text),
                           FlowMatchSampler(model.config.sampler), config, model.config.session.resolution, forward=dit)
 
+    def trained() -> dict:
+        return {"dit": accelerator.unwrap_model(dit), "text_encoder": accelerator.unwrap_model(text)}
+
+    def checkpoint(state: LoopState) -> None:
+        save_checkpoint(ckpt, step=state.step, elapsed=state.elapsed, modules=trained(), ema=ema,
+                        optimizer=optimizer, scheduler=scheduler, losses=state.losses)
+        plot_losses(state.losses, out / "loss.png")
+        export_model(model, ema, out / "model")
+        sample_grid(out / "model", pool, out / "samples" / f"step{state.step:07d}.png")
+
+    run_steps(config, accelerator, out, state,
+              draw=lambda rng: [compose(r, rng, config.composition) for r in pool.draw(rng, config.batch_size)],
+              loss=lambda sessions, gen: objective.loss(sessions, gen, device),
+              params=[p for g in groups for p in g["params"]], optimizer=optimizer, scheduler=scheduler,
+              after_step=lambda step: ema.update(trained(), step), checkpoint=checkpoint,
+              progress=progress, stop_after=stop_after, desc="pretrain")
+    return out / "model"
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces shared with LoRA fine-tuning (vincie_train.lora)
+# ----------------------------------------------------------------------------------------------
+
+def make_accelerator(mixed_precision: str = "auto"):
+    """An ``accelerate.Accelerator``: ``"auto"`` = bf16 autocast on GPU, none on CPU."""
+    from accelerate import Accelerator
+
+    mp = mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() else "no"
+    return Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+
+
+@dataclass
+class LoopState:
+    """Where a run is: optimizer steps done, seconds spent over all its sessions, (step, loss) history."""
+
+    step: int = 0
+    elapsed: float = 0.0
+    losses: list = field(default_factory=list)
+
+
+def resume(path: Path, modules: dict, optimizer, scheduler, ema: EMA) -> LoopState:
+    """Restore modules, optimizer, scheduler and EMA from a :func:`save_checkpoint` file, if there is one."""
+    if not path.exists():
+        return LoopState()
+    state = load_checkpoint(path)
+    for k, m in modules.items():
+        m.load_state_dict(state["modules"][k])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    ema.shadow = state["ema"]
+    log.info("resumed %s at step %d (%.1f min)", path, state["step"], state["elapsed"] / 60)
+    return LoopState(state["step"], state["elapsed"], [tuple(x) for x in state["losses"]])
+
+
+def run_steps(config, accelerator, out: Path, state: LoopState, *, draw, loss, params, optimizer, scheduler,
+              after_step, checkpoint, progress: bool = True, stop_after: int | None = None,
+              desc: str = "train") -> None:
+    """The optimisation loop of pretraining and LoRA fine-tuning, resumable exactly.
+
+    Step ``s`` draws everything from :func:`step_generators` ``(config.seed, s, rank)``, so the run
+    does not depend on where it was interrupted.
+
+    Args:
+        config: reads ``max_steps``, ``seed``, ``grad_clip``, ``log_every``, ``checkpoint_minutes``,
+            ``max_minutes``.
+        state: from :func:`resume`; updated in place.
+        draw: ``draw(rng)`` -> the step's batch (numpy generator).
+        loss: ``loss(batch, gen)`` -> scalar loss tensor (torch generator), run under autocast.
+        params: the parameters whose gradient norm is clipped.
+        after_step: ``after_step(step)`` after each optimizer step (0-based step index; EMA update).
+        checkpoint: ``checkpoint(state)`` on the main process when a checkpoint is due (every
+            ``checkpoint_minutes``, at the end, when out of time, after ``stop_after`` steps).
+        stop_after: stop after this many steps in this call (tests use it to simulate a kill).
+    """
+    from tqdm import tqdm
+
     metrics = (out / "metrics.jsonl").open("a")
-    bar = tqdm(total=config.max_steps, initial=step, desc="pretrain", unit="step", disable=not progress)
-    start, last_ckpt, done_here = time.time() - elapsed, time.time(), 0
+    bar = tqdm(total=config.max_steps, initial=state.step, desc=desc, unit="step", disable=not progress)
+    start, last_ckpt, done_here = time.time() - state.elapsed, time.time(), 0
     try:
-        while step < config.max_steps:
-            rng, gen = step_generators(config.seed, step, accelerator.process_index)
-            sessions = [compose(r, rng, config.composition) for r in pool.draw(rng, config.batch_size)]
+        while state.step < config.max_steps:
+            rng, gen = step_generators(config.seed, state.step, accelerator.process_index)
+            batch = draw(rng)
             with accelerator.autocast():
-                loss = objective.loss(sessions, gen, device)
-            accelerator.backward(loss)
+                value_t = loss(batch, gen)
+            accelerator.backward(value_t)
             if config.grad_clip:
-                accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], config.grad_clip)
+                accelerator.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            ema.update({"dit": accelerator.unwrap_model(dit), "text_encoder": accelerator.unwrap_model(text)}, step)
-            step += 1
+            after_step(state.step)
+            state.step += 1
             done_here += 1
-            value = float(loss.detach())
-            losses.append((step, value))
+            value = float(value_t.detach())
+            state.losses.append((state.step, value))
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}")
-            if step % config.log_every == 0:
-                metrics.write(json.dumps({"step": step, "loss": value, "lr": scheduler.get_last_lr()[0],
+            if state.step % config.log_every == 0:
+                metrics.write(json.dumps({"step": state.step, "loss": value, "lr": scheduler.get_last_lr()[0],
                                           "minutes": (time.time() - start) / 60}) + "\n")
                 metrics.flush()
             out_of_time = config.max_minutes is not None and (time.time() - start) / 60 >= config.max_minutes
             stop_now = stop_after is not None and done_here >= stop_after
-            if (time.time() - last_ckpt) / 60 >= config.checkpoint_minutes or out_of_time or stop_now or step >= config.max_steps:
+            if ((time.time() - last_ckpt) / 60 >= config.checkpoint_minutes or out_of_time or stop_now
+                    or state.step >= config.max_steps):
+                state.elapsed = time.time() - start
                 if accelerator.is_main_process:
-                    save_checkpoint(ckpt, step=step, elapsed=time.time() - start,
-                                    modules={"dit": accelerator.unwrap_model(dit),
-                                             "text_encoder": accelerator.unwrap_model(text)},
-                                    ema=ema, optimizer=optimizer, scheduler=scheduler, losses=losses)
-                    plot_losses(losses, out / "loss.png")
-                    export_model(model, ema, out / "model")
-                    sample_grid(out / "model", pool, out / "samples" / f"step{step:07d}.png")
+                    checkpoint(state)
                 last_ckpt = time.time()
             if out_of_time or stop_now:
                 break
     finally:
         bar.close()
         metrics.close()
-    return out / "model"
 
 
 def export_model(model: VincieModel, ema: EMA, folder: Path) -> Path:
@@ -475,15 +542,15 @@ def export_model(model: VincieModel, ema: EMA, folder: Path) -> Path:
     return exported.save_pretrained(folder)
 
 
-def sample_grid(model_dir: Path, pool: SessionPool, path: Path, sessions: int = 3, steps: int = 10) -> None:
-    """A contact sheet of the exported model replaying the first turns of a few training sessions
-    (ground truth on the left of each row's predictions), to look at progress."""
+def sample_grid(model_dir: Path | VincieModel, pool: SessionPool, path: Path, sessions: int = 3, steps: int = 10) -> None:
+    """A contact sheet of the exported model (a folder, or a loaded model) replaying the first turns of a
+    few training sessions (ground truth on the left of each row's predictions), to look at progress."""
     from PIL import Image
 
     from vincie_sdk import Session
     from vincie_sdk.sheet import contact_sheet
 
-    model = VincieModel.from_pretrained(model_dir)
+    model = model_dir if isinstance(model_dir, VincieModel) else VincieModel.from_pretrained(model_dir)
     rows = []
     for record in pool.sessions[:: max(1, len(pool.sessions) // sessions)][:sessions]:
         s = Session(model, record.frames[0], seed=0, steps=steps)
@@ -494,7 +561,8 @@ def sample_grid(model_dir: Path, pool: SessionPool, path: Path, sessions: int = 
         rows.append(row)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        contact_sheet(rows, cell=128, title=f"{model_dir} samples").save(tmp, format="PNG")
+        label = model.config.name if isinstance(model_dir, VincieModel) else model_dir
+        contact_sheet(rows, cell=128, title=f"{label} samples").save(tmp, format="PNG")
 
 
 def _jsonable(x):

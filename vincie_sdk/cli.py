@@ -41,6 +41,16 @@ def _load_model(args):
                                        allow_download=getattr(args, "allow_download", False))
 
 
+def apply_loras(model, specs: list[str] | None) -> None:
+    """``--lora PATH[:STRENGTH]`` options, applied in order (stacked)."""
+    from .lora import parse_lora_arg
+
+    for spec in specs or []:
+        path, strength = parse_lora_arg(spec)
+        name = model.load_lora(path, strength)
+        log.info("LoRA %s applied with strength %g", name, strength)
+
+
 def cmd_edit(args) -> int:
     from tqdm import tqdm
 
@@ -55,6 +65,7 @@ def cmd_edit(args) -> int:
         if not p.strip():
             raise CLIError(f"instruction {i + 1} is empty")
     model = _load_model(args)
+    apply_loras(model, args.lora)
     session = Session(model, args.image, seed=args.seed, resolution=args.resolution, steps=args.steps,
                       cfg_scale=args.cfg, exact_official=args.exact_official,
                       camera_prefix=args.camera_prefix, negative_prompt=args.negative_prompt)
@@ -204,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact-official", action="store_true", help="reproduce the official script's per-turn round trip")
     p.add_argument("--text-encoder-offload", action="store_true", help="keep the text encoder on the CPU between uses")
     p.add_argument("--allow-download", action="store_true", help="allow a hub id as --model (needs internet)")
+    p.add_argument("--lora", action="append", metavar="PATH[:STRENGTH]",
+                   help="apply a LoRA adapter (folder or .safetensors) with a strength (default 1); repeat to stack")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_runtime(p)
     p.set_defaults(func=cmd_edit)

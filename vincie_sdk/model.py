@@ -58,6 +58,8 @@ class VincieModel:
         self.text_encoder = text_encoder
         self.device = torch.device(device)
         self.text_encoder_offload = text_encoder_offload
+        self._lora = None  # LoraStack of the applied adapters (see load_lora)
+        self.weights_version = 0  # bumped when adapters change the DiT's function (sessions drop caches)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -120,6 +122,9 @@ class VincieModel:
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write config.json, dit.safetensors, vae.safetensors and text_encoder/ atomically."""
         folder = Path(folder)
+        if self.loras:
+            log.warning("applied LoRA adapters %s are not part of the saved weights; call merge_lora() first "
+                        "to save them merged", list(self.loras))
         with atomic_dir(folder) as tmp:
             write_json(self.config.to_dict(), tmp / "config.json")
             save_safetensors(self.dit.state_dict(), tmp / "dit.safetensors")
@@ -181,6 +186,56 @@ class VincieModel:
         vae_dtype = torch.float32 if device.type == "cpu" else dtype
         return cls(config, dit.to(device=device, dtype=dtype), vae.to(device=device, dtype=vae_dtype), text,
                    device, text_encoder_offload)
+
+    # ------------------------------------------------------------------ LoRA adapters
+    def load_lora(self, adapter, strength: float = 1.0, name: str | None = None) -> str:
+        """Apply a LoRA adapter to the DiT (on top of any already applied); returns its name.
+
+        Args:
+            adapter: an adapter folder, a ``.safetensors`` adapter file, or a ``LoraAdapter``.
+            strength: multiplies the update (0 = the base model, 1 = as trained; negative subtracts).
+            name: label for :meth:`set_lora_strength` / :meth:`unload_lora` (default: the file name).
+        Raises:
+            ValueError: the adapter's layers do not exist in this DiT or have other shapes.
+
+        Example:
+            >>> model.load_lora("runs/lora/adapter", 0.8)  # doctest: +SKIP
+            'adapter'
+        """
+        from .lora import LoraAdapter
+
+        if not isinstance(adapter, LoraAdapter):
+            adapter = LoraAdapter.load(adapter)
+        name = self._lora_stack().add(adapter, strength, name)
+        self.weights_version += 1
+        return name
+
+    def set_lora_strength(self, name: str, strength: float) -> None:
+        self._lora_stack().set_strength(name, strength)
+        self.weights_version += 1
+
+    def unload_lora(self, name: str | None = None) -> None:
+        """Remove one applied adapter (or all with ``name=None``); the DiT is exactly the base again."""
+        self._lora_stack().remove(name)
+        self.weights_version += 1
+
+    def merge_lora(self) -> None:
+        """Bake the applied adapters (times their strengths) into the DiT weights; not reversible."""
+        self._lora_stack().merge()
+        self.weights_version += 1
+
+    @property
+    def loras(self) -> dict[str, float]:
+        """Applied (unmerged) adapters and their strengths."""
+        stack = self._lora
+        return {} if stack is None or stack.dit is not self.dit else {k: v[1] for k, v in stack.entries.items()}
+
+    def _lora_stack(self):
+        from .lora import LoraStack
+
+        if self._lora is None or self._lora.dit is not self.dit:  # a copy with its own DiT gets its own stack
+            self._lora = LoraStack(self.dit, self.config.name)
+        return self._lora
 
     # ------------------------------------------------------------------ encoders
     @property

@@ -100,7 +100,7 @@ class Session:
                                         steps, cfg_scale, exact_official)
         self.frames: list[Frame] = []
         # Block-causal models: the clean history's KV cache and the uids of the frames it holds.
-        self._history: tuple[bc.CachedHistory, tuple[int, ...]] | None = None
+        self._history: tuple[bc.CachedHistory, tuple[int, ...], int] | None = None
         if isinstance(image, (list, tuple)):
             if not image:
                 raise ValueError("image: an empty list; give one source image or several")
@@ -330,7 +330,10 @@ class Session:
     def _cached_history(self) -> "bc.CachedHistory":
         """Bring the clean-history cache up to date with ``self.frames`` (prefill only what is new)."""
         uids = tuple(f.uid for f in self.frames)
-        history, cached = self._history or (bc.empty_history(self.model.dit), ())
+        version = getattr(self.model, "weights_version", 0)
+        history, cached, cached_version = self._history or (bc.empty_history(self.model.dit), (), version)
+        if cached_version != version:  # LoRA adapters changed the DiT since: the cached keys/values are stale
+            history, cached = bc.empty_history(self.model.dit), ()
         common = 0
         while common < min(len(uids), len(cached)) and uids[common] == cached[common]:
             common += 1
@@ -342,7 +345,7 @@ class Session:
             if k > 0:
                 history = bc.extend_history(self.model.dit, history, prompt=self._fused_prompt(frame.prompt, k - 1))
             history = bc.extend_history(self.model.dit, history, frame=frame.latent)
-        self._history = (history, uids)
+        self._history = (history, uids, version)
         return history
 
     # ------------------------------------------------------------------ persistence

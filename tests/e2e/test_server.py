@@ -16,7 +16,8 @@ from workflow_format import ui_to_api
 aiohttp = pytest.importorskip("aiohttp", reason="a ComfyUI requirement: run scripts/comfyui_env.sh")
 
 NODE_IDS = {"VincieModelLoader", "VincieSessionBuilder", "VincieNIPSampler", "VincieMaskPredictor",
-            "VincieMaskTransform", "VincieStoryChain", "VincieCompose", "VincieSessionToImages", "VincieUndo"}
+            "VincieMaskTransform", "VincieStoryChain", "VincieCompose", "VincieSessionToImages", "VincieUndo",
+            "VincieLoraLoader"}
 
 # Images each shipped workflow must produce: {output node id: number of images}, and which of those nodes
 # show VINCIE frames (at the session's working size; the others show user masks at their own size).

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_NAME = "tiny-random"  # the checkpoint folder the `tiny_checkpoint` fixture writes
 
 NODE_IDS = ["VincieModelLoader", "VincieSessionBuilder", "VincieSessionToImages", "VincieUndo", "VincieNIPSampler",
-            "VincieStoryChain", "VincieCompose", "VincieMaskPredictor", "VincieMaskTransform"]
+            "VincieStoryChain", "VincieCompose", "VincieMaskPredictor", "VincieMaskTransform", "VincieLoraLoader"]
 
 
 def scene(h: int = 48, w: int = 64) -> torch.Tensor:

@@ -52,16 +52,36 @@ VALID_REPLY = json.dumps(
 )
 
 
-class StubOpenAI:
-    """A bounded local chat-completions server. ``script`` holds the next replies, each a string (message
-    content) or an int (HTTP error status); when it is empty, ``default`` is sent."""
+def responses_reply(text: str) -> dict:
+    """A Responses API reply whose ``output_text`` is ``text``."""
+    return {
+        "id": "resp-stub",
+        "object": "response",
+        "created_at": 0,
+        "model": "stub-vlm",
+        "status": "completed",
+        "output": [{"type": "message", "id": "msg-stub", "role": "assistant", "status": "completed",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "parallel_tool_calls": False,
+        "tool_choice": "auto",
+        "tools": [],
+    }
 
-    def __init__(self, default: str = VALID_REPLY, max_requests: int = 500, lifetime: float = 300.0):
+
+class StubOpenAI:
+    """A bounded local OpenAI-compatible server (Chat Completions and Responses). ``script`` holds the next
+    replies, each a string (message content) or an int (HTTP error status); when it is empty, ``responder``
+    (a function of the request body, if given) or else ``default`` decides."""
+
+    def __init__(self, default: str = VALID_REPLY, max_requests: int = 500, lifetime: float = 300.0, responder=None):
         self.lifetime = lifetime
         self.script: list[str | int] = []
         self.default = default
+        self.responder = responder
         self.requests: list[dict] = []
+        self.paths: list[str] = []
         self.max_requests = max_requests
+        self.lock = threading.Lock()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -70,16 +90,24 @@ class StubOpenAI:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                if not self.path.endswith("/chat/completions") or len(stub.requests) >= stub.max_requests:
-                    self.send_response(404 if not self.path.endswith("/chat/completions") else 503)
+                known = self.path.endswith(("/chat/completions", "/responses"))
+                with stub.lock:
+                    full = len(stub.requests) >= stub.max_requests
+                    if known and not full:
+                        stub.requests.append(body)
+                        stub.paths.append(self.path)
+                        item = stub.script.pop(0) if stub.script else None
+                if not known or full:
+                    self.send_response(404 if not known else 503)
                     self.end_headers()
                     return
-                stub.requests.append(body)
-                item = stub.script.pop(0) if stub.script else stub.default
+                if item is None:
+                    item = stub.responder(body) if stub.responder else stub.default
                 if isinstance(item, int):
                     payload, status = json.dumps({"error": {"message": "stub failure"}}).encode(), item
                 else:
-                    payload, status = json.dumps(chat_reply(item)).encode(), 200
+                    reply = responses_reply(item) if self.path.endswith("/responses") else chat_reply(item)
+                    payload, status = json.dumps(reply).encode(), 200
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))

@@ -5,7 +5,10 @@
 * :func:`judge_turn` / :func:`parse_prediction` / :func:`mask_iou` -- the pixel judge.
 * editors: :class:`ModelEditor` (with or without context), :func:`copy_editor`, :func:`oracle_editor`,
   :class:`FolderEditor`.
-* :func:`register_eval` -- adds ``vincie eval shapes`` to the command line.
+* :func:`register_eval` -- adds ``vincie eval shapes|mse-bench|magicbrush`` to the command line.
+* :mod:`.mse_bench` -- MSE-Bench: :func:`load_mse_bench`, :func:`generate_sessions`, :class:`VlmJudge`,
+  :func:`judge_all`, :func:`aggregate` (the official VLM-judge protocol, any OpenAI-compatible endpoint).
+* :mod:`.magicbrush` -- MagicBrush metrics per turn (L1, L2, CLIP-I, CLIP-T, DINO).
 
 Example:
     >>> from vincie_train.eval import make_items, oracle_editor, run_shapes_bench, summarize

@@ -1,4 +1,4 @@
-"""``vincie eval shapes``: run ShapesBench on a model, a baseline, or a folder of predictions.
+"""``vincie eval shapes|mse-bench|magicbrush``: ShapesBench, MSE-Bench (VLM judge) and MagicBrush metrics.
 
 Registered by :func:`register_eval` (called from the training package's ``vincie.commands`` entry point).
 
@@ -8,6 +8,10 @@ Examples::
     vincie eval shapes --mode oracle --sessions 20          # the judge's sanity check: 1.0 everywhere
     vincie eval shapes --data bench/                        # write (or reuse) the items as JSON + PNG
     vincie eval shapes --data bench/ --predictions outs/    # judge another system's {id}_turn{k}.png
+    vincie eval mse-bench --data mse-bench/ --model models/VINCIE-3B --out out/mse \
+        --api-base http://localhost:8000/v1 --api-model Qwen2.5-VL-72B-Instruct --workers 16
+    vincie eval magicbrush --gt MagicBrush/test/images --generated out/mb --clip models/clip-vit-base-patch32 \
+        --dino models/dino-vits16
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ def register_eval(subparsers) -> None:
     """Add ``eval`` (with the ``shapes`` subcommand) to the ``vincie`` command's subparsers."""
     from .shapes_bench import DEFAULT_SEED, DEFAULT_SESSIONS, DEFAULT_TURNS
 
-    p = subparsers.add_parser("eval", help="benchmarks (ShapesBench)", description="Benchmarks of editing models.")
-    sub = p.add_subparsers(dest="eval_command", metavar="{shapes}")
+    p = subparsers.add_parser("eval", help="benchmarks (ShapesBench, MSE-Bench, MagicBrush)",
+                              description="Benchmarks of editing models (see docs/eval.md and docs/shapes_bench.md).")
+    sub = p.add_subparsers(dest="eval_command", metavar="{shapes,mse-bench,magicbrush}")
     sub.required = True
 
     s = sub.add_parser("shapes", help="ShapesBench: held-out 5-turn sessions of the shapes world", description=(
@@ -62,6 +67,75 @@ def register_eval(subparsers) -> None:
     s.add_argument("--threads", type=int, help="torch CPU threads")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_eval_shapes)
+    _add_mse_bench(sub)
+    _add_magicbrush(sub)
+
+
+def _add_model_args(s, default_model: str | None) -> None:
+    s.add_argument("-m", "--model", default=default_model,
+                   help="checkpoint folder, 'vincie-shapes' (embedded) or random:PRESET"
+                        + (f" (default: {default_model})" if default_model else ""))
+    s.add_argument("--lora", action="append", metavar="PATH[:STRENGTH]", help="apply a LoRA adapter; repeat to stack")
+    s.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    s.add_argument("--cfg", type=float, help="guidance scale (default: the model's)")
+    s.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    s.add_argument("--dtype", default="auto", help="DiT dtype (default: %(default)s)")
+    s.add_argument("--threads", type=int, help="torch CPU threads")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _add_mse_bench(sub) -> None:
+    s = sub.add_parser("mse-bench", help="MSE-Bench: 5-turn sessions judged by a VLM (official protocol)", description=(
+        "Generate the 100 five-turn sessions of a local copy of MSE-Bench ({index}_turn{t}_rep0_seed{index}.png in "
+        "OUT/images), or take another system's PNGs (--predictions), then judge every turn with an OpenAI-compatible "
+        "VLM exactly as evaluation/compute_score.py (success: prompt following > 6 and consistency > 6; a session "
+        "stops at its first failure). Writes OUT/results/{index}.json (resumable), OUT/results.json, "
+        "OUT/mse_bench.csv and OUT/mse_bench.json. The API key comes from $OPENAI_API_KEY (see --api-key-env)."))
+    s.add_argument("--data", required=True, help="local MSE-Bench folder: meta.jsonl/meta.json/meta.yaml/*.parquet "
+                                                 "with image, index, context[5] (see docs/eval.md)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--predictions", help="judge the PNGs in this folder (official names) instead of generating")
+    _add_model_args(s, None)
+    s.add_argument("--resolution", type=int, help="working area resolution^2 (default: the model's)")
+    s.add_argument("--placeholders", choices=("model", "on", "off"), default="model",
+                   help="'Based on <IMGi>, ... Output <IMGi+1>: ' prompt wrapping (default: the model's setting; "
+                        "the shipped generate_distributed.yaml leaves it off)")
+    s.add_argument("--limit", type=int, help="only the first N items")
+    s.add_argument("--no-judge", action="store_true", help="generate only")
+    g = s.add_argument_group("judge (any OpenAI-compatible VLM endpoint)")
+    g.add_argument("--api-base", help="e.g. http://localhost:8000/v1 (default: OpenAI)")
+    g.add_argument("--api-model", default="gpt-5-nano", help="judge model (default: %(default)s, the official one)")
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    g.add_argument("--api", choices=("chat", "responses"), default="chat",
+                   help="Chat Completions (default) or the Responses API (what the official script calls)")
+    g.add_argument("--workers", type=int, default=8, help="parallel requests (default: %(default)s)")
+    g.add_argument("--prompt-template", metavar="FILE",
+                   help="judge prompt with {editing_prompt} {num_prompts} {num_images} (default: ours; pass the "
+                        "official wording to reproduce published numbers exactly)")
+    g.add_argument("--attempts", type=int, default=20, help="replies per turn until one parses (default: %(default)s)")
+    g.add_argument("--threshold", type=int, default=6, help="success: both scores > this (default: %(default)s)")
+    g.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: %(default)s)")
+    g.add_argument("--max-tokens", type=int, help="reply length limit (Chat Completions)")
+    s.set_defaults(func=cmd_eval_mse_bench)
+
+
+def _add_magicbrush(sub) -> None:
+    s = sub.add_parser("magicbrush", help="MagicBrush metrics per turn: L1, L2, CLIP-I, CLIP-T, DINO", description=(
+        "Score iterative multi-turn edits against MagicBrush's ground truth (GT/{id}/{id}-input.png, "
+        "{id}-output{k}.png). Generated images: GEN/{id}/{id}_1.png, {id}_iter_{k}.png (or turn{k}.png); with "
+        "--model they are generated first from edit_sessions.json. CLIP and DINO weights come from local "
+        "transformers folders; without them those metrics are skipped with a note."))
+    s.add_argument("--gt", required=True, help="ground-truth folder (MagicBrush test/images)")
+    s.add_argument("--generated", required=True, help="generated images folder (written with --model)")
+    s.add_argument("--clip", help="local CLIP folder (transformers CLIPModel + tokenizer) for CLIP-I and CLIP-T")
+    s.add_argument("--dino", help="local DINO/DINOv2 ViT folder (transformers AutoModel) for DINO")
+    s.add_argument("--edit-sessions", help="edit_sessions.json (default: found beside --gt)")
+    s.add_argument("--captions", help="captions JSON for CLIP-T (default: local_captions.json beside --gt; "
+                                      "else the instructions)")
+    s.add_argument("--json", help="write the report to this JSON file")
+    _add_model_args(s, None)
+    s.add_argument("--seed", type=int, default=1, help="session seed when generating (default: %(default)s)")
+    s.set_defaults(func=cmd_eval_magicbrush)
 
 
 def _load_model(args):
@@ -108,6 +182,88 @@ def _editor(mode: str, args, model):
         return FolderEditor(args.predictions)
     return ModelEditor(model, context=(mode == "model"), steps=args.steps, cfg_scale=args.cfg,
                        seed=args.sample_seed, masks=not args.no_masks)
+
+
+def _model_with_loras(args):
+    from vincie_sdk.cli import apply_loras
+
+    model = _load_model(args)
+    apply_loras(model, getattr(args, "lora", None))
+    return model
+
+
+def _tqdm(args, desc: str):
+    from tqdm import tqdm
+
+    def wrap(it, total=None):
+        return tqdm(it, total=total, desc=desc, unit="item", file=sys.stderr, disable=args.quiet)
+
+    return wrap
+
+
+def cmd_eval_mse_bench(args) -> int:
+    """Handler of ``vincie eval mse-bench``."""
+    import os
+
+    from .mse_bench import (JudgeSettings, VlmJudge, aggregate, format_summary, generate_sessions, judge_all,
+                            load_mse_bench, load_prompt_template, write_csv)
+
+    if bool(args.predictions) == bool(args.model):
+        raise ValueError("give --model M (generate the sessions, then judge them) or --predictions DIR (judge "
+                         "existing PNGs), one of the two")
+    items = load_mse_bench(args.data)[: args.limit]
+    out = Path(args.out)
+    predictions = Path(args.predictions) if args.predictions else out / "images"
+    settings = {"data": args.data, "items": len(items), "predictions": str(predictions)}
+    if args.model:
+        model = _model_with_loras(args)
+        placeholders = {"model": None, "on": True, "off": False}[args.placeholders]
+        generate_sessions(items, model, predictions, steps=args.steps, cfg_scale=args.cfg, resolution=args.resolution,
+                          pad_img_placeholder=placeholders, progress=_tqdm(args, "mse-bench generate"))
+        settings.update(model=args.model, lora=args.lora, steps=args.steps or model.config.sampler.steps,
+                        cfg=args.cfg if args.cfg is not None else model.config.sampler.cfg_scale,
+                        placeholders=args.placeholders)
+        print(f"wrote {len(items)} sessions to {predictions}", file=sys.stderr)
+    if args.no_judge:
+        return 0
+    judge = VlmJudge(JudgeSettings(api_base=args.api_base, api_model=args.api_model,
+                                   api_key=os.environ.get(args.api_key_env) or None, api=args.api,
+                                   attempts=args.attempts, threshold=args.threshold, timeout=args.timeout,
+                                   max_tokens=args.max_tokens,
+                                   prompt_template=load_prompt_template(args.prompt_template)))
+    results = judge_all(items, predictions, judge, cache_dir=out / "results", workers=args.workers,
+                        progress=_tqdm(args, "mse-bench judge"))
+    ordered = [results[i.index] for i in items]
+    (out / "results.json").write_text(json.dumps(ordered, ensure_ascii=False, indent=4))
+    summary = aggregate(ordered, n_turns=len(items[0].context))
+    settings.update(api_model=args.api_model, api_base=args.api_base, api=args.api, threshold=args.threshold)
+    write_csv(summary, out / "mse_bench.csv")
+    (out / "mse_bench.json").write_text(json.dumps({"settings": settings, **summary}, indent=1))
+    print(format_summary(summary, f"MSE-Bench ({args.model or args.predictions}, judge {args.api_model})"))
+    print(f"wrote {out / 'mse_bench.csv'} and {out / 'mse_bench.json'}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval_magicbrush(args) -> int:
+    """Handler of ``vincie eval magicbrush``."""
+    from .magicbrush import evaluate, format_report, generate_magicbrush, load_ground_truth, load_scorers
+
+    sessions = load_ground_truth(args.gt, edit_sessions=args.edit_sessions, captions=args.captions)
+    if args.model:
+        generate_magicbrush(sessions, _model_with_loras(args), args.generated, seed=args.seed, steps=args.steps,
+                            cfg_scale=args.cfg, progress=_tqdm(args, "magicbrush generate"))
+    device = args.device or "cpu"
+    clip, dino, notes = load_scorers(args.clip, args.dino, device)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    report = evaluate(sessions, args.generated, clip=clip, dino=dino, progress=_tqdm(args, "magicbrush"))
+    print(format_report(report, notes))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"gt": args.gt, "generated": args.generated, "notes": notes, **report}, indent=1))
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
 
 
 def cmd_eval_shapes(args) -> int:
