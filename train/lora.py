@@ -99,6 +99,7 @@ class LoraTrainConfig:
     ema_decay: float = 0.0  # 0 = the adapter is the live weights
     timestep_loc: float = 0.0  # logit-normal training timesteps
     timestep_scale: float = 1.0
+    timestep_shift: float = 1.0  # as in pretraining: warp towards high noise like the sampler
     mixed_precision: str = "auto"  # "auto" = bf16 autocast on GPU, none on CPU
     gradient_checkpointing: bool = False
     checkpoint_minutes: float = 5.0

@@ -75,6 +75,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     timestep_loc: float = 0.0  # logit-normal training timesteps
     timestep_scale: float = 1.0
+    timestep_shift: float = 1.0  # warp training timesteps like the sampler's shift (1 = plain logit-normal)
     mixed_precision: str = "auto"  # "auto" = bf16 on GPU, none on CPU
     gradient_checkpointing: bool = False
     checkpoint_minutes: float = 5.0
@@ -210,7 +211,8 @@ class Objective:
 
     def _timesteps(self, n: int, rng: torch.Generator, device) -> torch.Tensor:
         c = self.config
-        return self.sampler.sample_training_timesteps(n, rng, c.timestep_loc, c.timestep_scale).to(device)
+        return self.sampler.sample_training_timesteps(n, rng, c.timestep_loc, c.timestep_scale,
+                                                      shift=c.timestep_shift).to(device)
 
     def _block_causal_loss(self, sessions, latents, rng, device) -> torch.Tensor:
         fused = self.fused_prompts([s.prompts for s in sessions], device)

@@ -53,10 +53,13 @@ class FlowMatchSampler:
         return noise - x0
 
     def sample_training_timesteps(self, n: int, generator: torch.Generator | None = None,
-                                  loc: float = 0.0, scale: float = 1.0, device=None) -> torch.Tensor:
-        """Logit-normal t = T * sigmoid(N(loc, scale)) (the paper's and the official training setting)."""
+                                  loc: float = 0.0, scale: float = 1.0, device=None, shift: float = 1.0) -> torch.Tensor:
+        """Logit-normal t = T * sigmoid(N(loc, scale)) (the paper's and the official training setting),
+        optionally warped by the same ``shift`` as the sampling timesteps (more training at high noise,
+        where a sampler with shift > 1 spends most of its steps)."""
         z = torch.randn(n, generator=generator, device=device) * scale + loc
-        return self.T * torch.sigmoid(z)
+        u = torch.sigmoid(z)
+        return self.T * (shift * u / (1 + (shift - 1) * u))
 
     # -- sampling --------------------------------------------------------------------------------
     def step(self, x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:

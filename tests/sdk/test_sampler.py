@@ -43,3 +43,11 @@ def test_logit_normal_training_timesteps():
     t = FlowMatchSampler(SamplerConfig()).sample_training_timesteps(20000, torch.Generator().manual_seed(0))
     assert 0 < t.min() and t.max() < 1000
     assert abs(float(t.median()) - 500) < 15  # sigmoid(N(0,1)) is symmetric around 0.5
+
+
+def test_shifted_training_timesteps_favour_high_noise():
+    s = FlowMatchSampler(SamplerConfig())
+    plain = s.sample_training_timesteps(20000, torch.Generator().manual_seed(0))
+    shifted = s.sample_training_timesteps(20000, torch.Generator().manual_seed(0), shift=3.0)
+    assert abs(float(shifted.median()) - 750) < 15  # 3u / (1 + 2u) at u = 0.5
+    assert (shifted >= plain).all()
