@@ -35,7 +35,7 @@ from vincie_sdk.sampler import FlowMatchSampler
 
 from .data.edits import read_edits
 from .pretrain import (EMA, DataConfig, LoopState, Objective, SessionPool, _jsonable, lr_lambda, make_accelerator,
-                       plot_losses, resume, run_steps, sample_grid, save_checkpoint)
+                       plot_losses, resume, run_steps, sample_grid, save_checkpoint, torch_threads)
 from .tasks import CompositionConfig, compose
 
 log = logging.getLogger(__name__)
@@ -240,13 +240,8 @@ def train_lora(config: LoraTrainConfig, *, progress: bool = True, stop_after: in
     """
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    previous_threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         return _train_lora(config, out, progress, stop_after)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _train_lora(config: LoraTrainConfig, out: Path, progress: bool, stop_after: int | None) -> Path:

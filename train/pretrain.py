@@ -10,6 +10,7 @@ exactly: a checkpoint only needs the model, EMA, optimizer and scheduler states 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -368,22 +369,28 @@ def step_generators(seed: int, step: int, rank: int) -> tuple[np.random.Generato
     return rng, gen
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Use ``threads`` CPU threads inside the block (None: leave as is), then restore the setting."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None = None) -> Path:
     """Run (or resume) a pretraining run; returns the folder of the final EMA model.
 
     Args:
         stop_after: stop after this many steps in this call (tests use it to simulate a kill).
     """
-
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    previous_threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         return _train(config, out, progress, stop_after)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _train(config: TrainConfig, out: Path, progress: bool, stop_after: int | None) -> Path:

@@ -186,7 +186,7 @@ TINY = VincieConfig(
     session=SessionConfig(resolution=64),
 )
 
-# A ~20M-parameter official-layout model: big enough that timings mean something on a CPU.
+# An ~11M-parameter official-layout model (DiT 7.4 M, VAE 4.0 M): timings mean something on a CPU.
 SMALL = VincieConfig(
     name="small",
     dit=DiTConfig(vid_dim=256, txt_in_dim=64, heads=4, head_dim=64, num_layers=6, mm_layers=2, rope_dim=60),

@@ -98,7 +98,7 @@ def detect_shots_scenedetect(path: str, n_frames: int) -> list[tuple[int, int]]:
     scenes = detect(path, ContentDetector(), backend="pyav")
     if not scenes:
         return [(0, n_frames)]
-    return [(s.get_frames(), min(e.get_frames(), n_frames)) for s, e in scenes if e.get_frames() > s.get_frames()]
+    return [(s.frame_num, min(e.frame_num, n_frames)) for s, e in scenes if e.frame_num > s.frame_num]
 
 
 def black_borders(small: np.ndarray, config: ShotConfig = ShotConfig()) -> tuple[float, float, float, float]:
