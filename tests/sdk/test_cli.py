@@ -82,3 +82,16 @@ def test_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([command, "--help"])
     assert e.value.code == 0 and "usage: vincie " + command in capsys.readouterr().out
+
+
+def test_bench_compares_attention_layouts_for_block_causal_models(capsys):
+    from vincie_sdk import config as cfg
+
+    cfg.PRESETS["tiny-bc"] = cfg.TINY.replace(name="tiny-bc", dit=cfg.TINY.dit.__class__(
+        **{**cfg.TINY.dit.__dict__, "attention": "block_causal"}))
+    try:
+        assert main(["bench", "--preset", "tiny-bc", "--turns", "2", "--steps", "2"]) == 0
+    finally:
+        del cfg.PRESETS["tiny-bc"]
+    out = capsys.readouterr().out
+    assert "(block_causal attention)" in out and "| turn | full s | cached s | full/cached |" in out
