@@ -17,20 +17,10 @@ from vincie_train.lora import AdapterParams, LoraSpec, LoraTrainConfig, inject_l
 from vincie_train.pretrain import load_checkpoint
 
 from vincie_sdk import VincieModel
-from vincie_sdk.config import TINY, TextEncoderConfig, VAEConfig
+from vincie_data_helpers import MICRO as TRAIN_MICRO
 from vincie_sdk.lora import LoraAdapter
 
-# 32 px frames, a 2x pixel "VAE": a few training steps take a fraction of a second.
-MICRO = dataclasses.replace(
-    TINY, name="micro-lora",
-    dit=dataclasses.replace(TINY.dit, vid_in_channels=9, vid_out_channels=4, attention="block_causal"),
-    vae=VAEConfig(block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4,
-                  temporal_scale_num=0, spatial_downsample_factor=2, temporal_downsample_factor=1,
-                  mid_attention=False, use_sample=False),
-    text=TextEncoderConfig(subfolder="text_encoder", hidden_size=32, max_length=32, trust_remote_code=False,
-                           dtype="float32"),
-    session=dataclasses.replace(TINY.session, resolution=32, negative_prompt=""),
-)
+MICRO = dataclasses.replace(TRAIN_MICRO, name="micro-lora")
 
 
 @pytest.fixture(scope="module", autouse=True)

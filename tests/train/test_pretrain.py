@@ -13,20 +13,10 @@ from vincie_train.synth.dynamics import WorldConfig, sample_transition_session
 from vincie_train.tasks import CompositionConfig, compose, without_dropped
 
 from vincie_sdk import Session, VincieModel
-from vincie_sdk.config import TINY, TextEncoderConfig, VAEConfig
+from vincie_data_helpers import MICRO as TRAIN_MICRO
 from vincie_sdk.prompts import FrameKind
 
-# A tiny architecture on 32x32 frames: trains a few steps in seconds.
-MICRO = dataclasses.replace(
-    TINY, name="micro",
-    dit=dataclasses.replace(TINY.dit, vid_in_channels=9, vid_out_channels=4, attention="block_causal"),
-    vae=VAEConfig(block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4,
-                  temporal_scale_num=0, spatial_downsample_factor=2, temporal_downsample_factor=1,
-                  mid_attention=False, use_sample=False),
-    text=TextEncoderConfig(subfolder="text_encoder", hidden_size=32, max_length=32, trust_remote_code=False,
-                           dtype="float32"),
-    session=dataclasses.replace(TINY.session, resolution=32, negative_prompt=""),
-)
+MICRO = TRAIN_MICRO
 
 
 def _record(rng, n_turns=3, size=32, key="s"):

