@@ -63,7 +63,8 @@ def fresh_model(config: VincieConfig, *, vae_dir: str | Path | None, vocab: list
     else:
         vae = build_autoencoder(config.vae)
     dit = VincieTransformer(config.dit)
-    # Start by predicting zero velocity: the output projection is zero-initialised (as adaLN-Zero DiTs do).
+    # Start by predicting zero (velocity, or residual = copy the source): the output projection is
+    # zero-initialised, as adaLN-Zero DiTs do.
     torch.nn.init.zeros_(dit.vid_out.proj.weight)
     torch.nn.init.zeros_(dit.vid_out.proj.bias)
     with tempfile.TemporaryDirectory() as tmp:

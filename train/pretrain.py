@@ -31,6 +31,7 @@ from vincie_sdk.image import preprocess
 from vincie_sdk.loading import atomic_path
 from vincie_sdk.model import VincieModel
 from vincie_sdk.models.dit import VincieTransformer
+from vincie_sdk.denoise import full_layout_sources
 from vincie_sdk.pipeline import build_condition
 from vincie_sdk.sampler import FlowMatchSampler
 
@@ -59,6 +60,7 @@ class TrainConfig:
     out_dir: str = "runs/pretrain"
     preset: str = "vincie-shapes"  # architecture to train (vincie_sdk.config preset)
     attention: str | None = None  # override the preset's variant: "full" or "block_causal"
+    prediction: str | None = None  # override the preset's output: "velocity" or "source_residual"
     init: str | None = None  # a model folder to start from (e.g. the trained autoencoder + fresh DiT)
     vae: str | None = None  # folder with vae.safetensors (+ vae_config.json) for a fresh model
     train_text_encoder: bool = True
@@ -76,6 +78,9 @@ class TrainConfig:
     ema_decay: float = 0.999
     timestep_loc: float = 0.0  # logit-normal training timesteps
     timestep_scale: float = 1.0
+    # Lower bound on B(t) when a non-velocity prediction is converted to v for the loss: the loss is then
+    # the x0 error / max(B, min_sigma)^2, so almost clean samples do not dominate (cf. JiT's clamp).
+    min_sigma: float = 0.25
     timestep_shift: float = 1.0  # warp training timesteps like the sampler's shift (1 = plain logit-normal)
     mixed_precision: str = "auto"  # "auto" = bf16 on GPU, none on CPU
     gradient_checkpointing: bool = False
@@ -226,10 +231,12 @@ class Objective:
             nulls = [prompts[n + k - 1] if k in s.text_dropped else None for k in targets]
             sequences.append(bc.TrainingSequence(lat, prompts[:n], s.sources, targets, t, noise, nulls, set(s.dropped)))
         packed = bc.pack_training(self.dit, self.sampler, sequences)
-        packed = dataclasses.replace(packed, vid=packed.vid.to(device), txt=packed.txt.to(device),
-                                     velocity=packed.velocity.to(device))
-        pred = bc.training_velocity(self.dit, packed, forward=self.forward)
-        return F.mse_loss(pred.float(), packed.velocity.float())
+        packed = dataclasses.replace(packed, **{f: getattr(packed, f).to(device) for f in
+                                                ("vid", "txt", "velocity", "x_t", "x0", "source", "row_timesteps")})
+        out = bc.training_velocity(self.dit, packed, forward=self.forward)
+        prediction, clamp = self.dit.config.prediction, self.config.min_sigma
+        return F.mse_loss(packed.velocity_of(out.float(), self.sampler, prediction, clamp),
+                          packed.velocity_target(self.sampler, prediction, clamp).float())
 
     def _full_loss(self, sessions, latents, rng, device) -> torch.Tensor:
         """Official layout: one random target per session, all its frames noised at the same t."""
@@ -243,6 +250,7 @@ class Objective:
             view_latents.append(lat[keep])
         fused = self.fused_prompts([v.prompts for v, _ in views], device)
         vids, shapes, txts, lens, t_all, targets_v, rows = [], [], [], [], [], [], []
+        xts, x0s, conds = [], [], []
         row = 0
         t = self._timesteps(len(views), rng, device)
         for b, ((view, drop_text), lat, prompts) in enumerate(zip(views, view_latents, fused)):
@@ -253,6 +261,9 @@ class Objective:
             xt = self.sampler.add_noise(x0, noise, t[b].expand(x0.shape[0]))
             cond = build_condition(x0[:-1])
             vids.append(torch.cat((xt, cond), -1).reshape(-1, 2 * x0.shape[-1] + 1))
+            xts.append(xt.reshape(-1, x0.shape[-1]))
+            x0s.append(x0.reshape(-1, x0.shape[-1]))
+            conds.append(cond.reshape(-1, x0.shape[-1] + 1))
             shapes.append(list(x0.shape[:3]))
             txt = torch.cat(texts)
             txts.append(txt)
@@ -262,7 +273,16 @@ class Objective:
             targets_v.append(self.sampler.velocity_target(x0[-1], noise[-1]).reshape(-1, x0.shape[-1]))
             row += x0.shape[0] * frame
         out = self.forward(torch.cat(vids), torch.tensor(shapes), torch.cat(txts), torch.tensor(lens), t)
-        return F.mse_loss(out[torch.cat(rows).to(device)].float(), torch.cat(targets_v).float())
+        rows = torch.cat(rows).to(device)
+        prediction = self.dit.config.prediction
+        if prediction == "velocity":
+            return F.mse_loss(out[rows].float(), torch.cat(targets_v).float())
+        source = full_layout_sources(torch.cat(conds), torch.tensor(shapes))[rows]
+        x_t, x0 = torch.cat(xts)[rows], torch.cat(x0s)[rows]
+        row_t = torch.cat([t[b].expand(s[0] * s[1] * s[2]) for b, s in enumerate(shapes)])[rows]
+        clamp = self.config.min_sigma
+        return F.mse_loss(self.sampler.velocity(out[rows].float(), x_t, source, row_t, prediction, clamp),
+                          self.sampler.velocity(x0 - source, x_t, source, row_t, prediction, clamp))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,8 +375,10 @@ def build_model(config: TrainConfig, pool: "SessionPool") -> VincieModel:
         vocab = prompt_vocabulary((t.instruction for r in pool.sessions for t in r.turns),
                                   (t.camera for r in pool.sessions for t in r.turns))
         model = fresh_model(get_preset(config.preset), vae_dir=config.vae, vocab=vocab, seed=config.seed)
-    if config.attention and config.attention != model.config.dit.attention:
-        new_dit_cfg = dataclasses.replace(model.config.dit, attention=config.attention)
+    overrides = {k: v for k, v in (("attention", config.attention), ("prediction", config.prediction))
+                 if v and v != getattr(model.config.dit, k)}
+    if overrides:
+        new_dit_cfg = dataclasses.replace(model.config.dit, **overrides)
         model.config = model.config.replace(dit=new_dit_cfg)
         model.dit.config = new_dit_cfg
     return model

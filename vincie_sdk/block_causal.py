@@ -72,6 +72,21 @@ class PackedTraining:
     masks: list[torch.Tensor]
     loss_rows: torch.Tensor  # rows of the unpatched output that are noisy targets
     velocity: torch.Tensor  # (len(loss_rows), C) regression target noise - x0
+    # Per loss row, what a non-velocity prediction needs: x_t, x0, the source latent and the timestep.
+    x_t: torch.Tensor | None = None
+    x0: torch.Tensor | None = None
+    source: torch.Tensor | None = None
+    row_timesteps: torch.Tensor | None = None
+
+    def velocity_of(self, output: torch.Tensor, sampler, prediction: str, min_sigma: float = 0.0) -> torch.Tensor:
+        """Velocity that ``output`` (the network output on ``loss_rows``) stands for."""
+        return sampler.velocity(output, self.x_t, self.source, self.row_timesteps, prediction, min_sigma)
+
+    def velocity_target(self, sampler, prediction: str, min_sigma: float = 0.0) -> torch.Tensor:
+        """The regression target in the same (clamped) velocity space as :meth:`velocity_of`."""
+        if prediction == "velocity":
+            return self.velocity
+        return sampler.velocity(self.x0 - self.source, self.x_t, self.source, self.row_timesteps, prediction, min_sigma)
 
 
 def _frame_channels(x: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
@@ -96,14 +111,15 @@ def build_training_sequence(seq: TrainingSequence, sampler, patch: tuple[int, in
         chans.append(_frame_channels(seq.latents[k], None))
         vpos.append(video_positions(1, gh, gw, offset=k))
         block_of_token += [("F", k)] * per_frame
-    xts, velocities = [], []
+    xts, velocities, sources = [], [], []
     for j, k in enumerate(seq.targets):
         x0 = seq.latents[k]
         t = seq.timesteps[j]
         xt = sampler.add_noise(x0, seq.noise[j], t)
         xts.append(xt)
         velocities.append(sampler.velocity_target(x0, seq.noise[j]))
-        chans.append(_frame_channels(xt, seq.latents[seq.sources[k - 1]]))
+        sources.append(seq.latents[seq.sources[k - 1]])
+        chans.append(_frame_channels(xt, sources[-1]))
         vpos.append(video_positions(1, gh, gw, offset=k))
         block_of_token += [("N", j)] * per_frame
 
@@ -131,6 +147,9 @@ def build_training_sequence(seq: TrainingSequence, sampler, patch: tuple[int, in
         "mask": mask,
         "n_clean": n_frames,
         "velocity": torch.stack(velocities) if velocities else seq.latents.new_zeros(0, h, w, c),
+        "x_t": torch.stack(xts) if xts else seq.latents.new_zeros(0, h, w, c),
+        "x0": seq.latents[list(seq.targets)],
+        "source": torch.stack(sources) if sources else seq.latents.new_zeros(0, h, w, c),
     }
 
 
@@ -186,6 +205,7 @@ def pack_training(model: VincieTransformer, sampler, sequences: list[TrainingSeq
     patch = model.config.patch_size
     timesteps = [torch.zeros(1)]
     vids, shapes, txts, txt_lens, positions, masks, ids, loss_rows, velocities = [], [], [], [], [], [], [], [], []
+    xts, x0s, srcs, row_t = [], [], [], []
     row = 0
     for seq in sequences:
         built = build_training_sequence(seq, sampler, patch)
@@ -203,11 +223,16 @@ def pack_training(model: VincieTransformer, sampler, sequences: list[TrainingSeq
         timesteps.append(seq.timesteps.float().reshape(-1))
         n_clean_rows = built["n_clean"] * h * w
         loss_rows.append(torch.arange(row + n_clean_rows, row + t_frames * h * w))
-        velocities.append(built["velocity"].reshape(-1, built["velocity"].shape[-1]))
+        c = built["velocity"].shape[-1]
+        velocities.append(built["velocity"].reshape(-1, c))
+        xts.append(built["x_t"].reshape(-1, c))
+        x0s.append(built["x0"].reshape(-1, c))
+        srcs.append(built["source"].reshape(-1, c))
+        row_t.append(seq.timesteps.float().reshape(-1).repeat_interleave(h * w))
         row += t_frames * h * w
     return PackedTraining(torch.cat(vids), torch.tensor(shapes), torch.cat(txts), torch.tensor(txt_lens),
                           torch.cat(timesteps), torch.cat(ids), positions, masks, torch.cat(loss_rows),
-                          torch.cat(velocities))
+                          torch.cat(velocities), torch.cat(xts), torch.cat(x0s), torch.cat(srcs), torch.cat(row_t))
 
 
 def training_velocity(model: VincieTransformer, packed: PackedTraining, forward=None) -> torch.Tensor:
@@ -326,7 +351,7 @@ def denoise_next_frame(model: VincieTransformer, sampler, prefixes: list[KVCache
         scale = sampler.guidance_scale(i, n) if cfg_scale is None else (cfg_scale if (i + 1) / n <= sampler.config.cfg_partial else 1.0)
         use = prefixes if guided and scale != 1.0 else prefixes[:1]
         out, _ = _run_block(model, use, [chans] * len(use), [None] * len(use), [pos] * len(use), t, False)
-        v = out.float().reshape(len(use), h, w, -1)
+        v = sampler.velocity(out.float().reshape(len(use), h, w, -1), x, source, t, model.config.prediction)
         v = sampler.guide(v[0], v[1], scale) if len(use) > 1 else v[0]
         x = sampler.step(x, v, t, timesteps[i + 1] if i + 1 < n else None)
         if callback is not None:

@@ -32,6 +32,7 @@ DEFAULT_NEGATIVE_PROMPT = (
 STATIC_CAMERA_PREFIX = "[###CAMERA: None###] "
 
 AttentionKind = Literal["full", "block_causal"]
+PredictionKind = Literal["velocity", "source_residual"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,11 @@ class DiTConfig:
     # "full": official layout (context frames as condition channels, all frames noised).
     # "block_causal": the paper's interleaved variant (see models/dit.py).
     attention: AttentionKind = "full"
+    # What the network output means. "velocity": v = noise - x0 (the official models).
+    # "source_residual": x0 = source + output, where source is the latent of the image the frame is
+    # edited from (converted to v for the shared sampler). Unchanged content is then the default, which
+    # is what a small model trained briefly from video most needs (our addition; off for official weights).
+    prediction: PredictionKind = "velocity"
 
     @property
     def emb_dim(self) -> int:
@@ -73,6 +79,8 @@ class DiTConfig:
             raise ValueError(f"DiTConfig: mm_layers={self.mm_layers} must be within [0, num_layers={self.num_layers}]")
         if 3 * 2 * (self.rope_dim // 3 // 2) > self.head_dim:
             raise ValueError(f"DiTConfig: rope_dim={self.rope_dim} needs more than head_dim={self.head_dim} dims")
+        if self.prediction not in ("velocity", "source_residual"):
+            raise ValueError(f"DiTConfig: prediction={self.prediction!r}; use 'velocity' or 'source_residual'")
         if self.attention not in ("full", "block_causal"):
             raise ValueError(f"DiTConfig: attention={self.attention!r}; use 'full' or 'block_causal'")
 
@@ -203,7 +211,8 @@ SMALL = VincieConfig(
 SHAPES = VincieConfig(
     name="vincie-shapes",
     dit=DiTConfig(vid_in_channels=97, vid_out_channels=48, vid_dim=256, txt_in_dim=64, heads=4, head_dim=64,
-                  num_layers=6, mm_layers=2, rope_dim=60, attention="block_causal"),
+                  num_layers=6, mm_layers=2, rope_dim=60, attention="block_causal",
+                  prediction="source_residual"),
     vae=VAEConfig(kind="pixel", spatial_downsample_factor=4, latent_channels=48, scaling_factor=1.5,
                   shifting_factor=0.0, use_sample=False),
     text=TextEncoderConfig(subfolder="text_encoder", hidden_size=64, max_length=48, trust_remote_code=False,

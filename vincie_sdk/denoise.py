@@ -38,6 +38,22 @@ class PackedInputs:
     txt_neg_shape: torch.Tensor | None = None
 
 
+def full_layout_sources(condition: torch.Tensor, vid_shape: torch.Tensor) -> torch.Tensor:
+    """Source latent per row of the official layout, for ``prediction="source_residual"``.
+
+    A context frame's source is its own clean latent (its condition channels); the target frame (last of
+    each sample) is edited from the last context frame; a sample without context has a zero source.
+    """
+    c = condition.shape[-1] - 1
+    out, row = [], 0
+    for t, h, w in vid_shape.tolist():
+        cond = condition[row: row + t * h * w, :c].reshape(t, h * w, c)
+        last = cond[t - 2: t - 1] if t > 1 else torch.zeros_like(cond[:1])
+        out.append(torch.cat((cond[: t - 1], last)).reshape(-1, c))
+        row += t * h * w
+    return torch.cat(out)
+
+
 @torch.no_grad()
 def denoise(dit: VincieTransformer, sampler: FlowMatchSampler, inputs: PackedInputs, *,
             steps: int | None = None, cfg_scale: float | None = None, batch_cfg: bool = True,
@@ -69,6 +85,8 @@ def denoise(dit: VincieTransformer, sampler: FlowMatchSampler, inputs: PackedInp
     batch = inputs.vid_shape.shape[0]
 
     # 3. Euler integration.
+    prediction = dit.config.prediction
+    source = full_layout_sources(inputs.condition.float(), inputs.vid_shape) if prediction != "velocity" else None
     x = inputs.noise.float()
     for i, t in enumerate(timesteps):
         t_batch = t.expand(batch)
@@ -81,9 +99,12 @@ def denoise(dit: VincieTransformer, sampler: FlowMatchSampler, inputs: PackedInp
             else:
                 v_pos = dit(vid, inputs.vid_shape, inputs.txt_pos, inputs.txt_pos_shape, t_batch, layout=pos_layout).float()
                 v_neg = dit(vid, inputs.vid_shape, inputs.txt_neg, inputs.txt_neg_shape, t_batch, layout=neg_layout).float()
+            v_pos = sampler.velocity(v_pos, x, source, t, prediction)
+            v_neg = sampler.velocity(v_neg, x, source, t, prediction)
             v = sampler.guide(v_pos, v_neg, scales[i])
         else:
             v = dit(vid, inputs.vid_shape, inputs.txt_pos, inputs.txt_pos_shape, t_batch, layout=pos_layout).float()
+            v = sampler.velocity(v, x, source, t, prediction)
         x = sampler.step(x, v, t, timesteps[i + 1] if i + 1 < n else None)
         if callback is not None:
             callback(i, n)

@@ -52,6 +52,21 @@ class FlowMatchSampler:
     def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return noise - x0
 
+    def velocity(self, output: torch.Tensor, x_t: torch.Tensor, source: torch.Tensor | None, t: torch.Tensor,
+                 prediction: str = "velocity", min_sigma: float = 0.0) -> torch.Tensor:
+        """The velocity a network output stands for (see ``DiTConfig.prediction``).
+
+        ``source_residual``: x0 = source + output, and v = (x_t - x0) / B(t) since A + B = 1.
+        ``min_sigma`` clamps B(t) from below; training uses it (with the same clamp on the target) so
+        that nearly clean samples do not dominate the loss; sampling never needs it (B(t) >= T/steps).
+        """
+        if prediction == "velocity":
+            return output
+        if source is None:
+            raise ValueError("prediction='source_residual' needs the source latent of the frame")
+        _, b = self.alpha_sigma(t.reshape(t.shape + (1,) * (x_t.ndim - t.ndim)) if t.ndim else t)
+        return (x_t - (source + output)) / b.clamp_min(min_sigma)
+
     def sample_training_timesteps(self, n: int, generator: torch.Generator | None = None,
                                   loc: float = 0.0, scale: float = 1.0, device=None, shift: float = 1.0) -> torch.Tensor:
         """Logit-normal t = T * sigmoid(N(loc, scale)) (the paper's and the official training setting),

@@ -111,3 +111,41 @@ def test_block_causal_session(bc_model, source_image):
     assert np.array_equal(np.asarray(fresh.edit("add a red circle")), np.asarray(a))
     m = s.predict_mask("remove it")
     assert m.size == s.size
+
+
+def test_source_residual_zero_output_copies_the_source():
+    """With x0 = source + output, a network that outputs zero copies the image it edits, whatever the
+    noise, in both attention variants (the starting point of the embedded model's training)."""
+    for attention in ("block_causal", "full"):
+        config = dataclasses.replace(TINY, dit=dataclasses.replace(TINY.dit, attention=attention,
+                                                                    prediction="source_residual"))
+        model = VincieModel.from_random(config, seed=3)
+        torch.nn.init.zeros_(model.dit.vid_out.proj.weight)
+        torch.nn.init.zeros_(model.dit.vid_out.proj.bias)
+        sampler = FlowMatchSampler(config.sampler)
+        g = torch.Generator().manual_seed(0)
+        source, noise = torch.randn(6, 8, 16, generator=g), torch.randn(6, 8, 16, generator=g)
+        if attention == "block_causal":
+            history = bc.extend_history(model.dit, bc.empty_history(model.dit), frame=source)
+            prefix = bc.prompt_cache(model.dit, history, [torch.randn(3, 32, generator=g)])
+            out = bc.denoise_next_frame(model.dit, sampler, prefix, source, noise, 1, steps=4)
+        else:
+            from vincie_sdk.denoise import PackedInputs, denoise
+            from vincie_sdk.pipeline import build_condition
+            inputs = PackedInputs(torch.randn(2 * 48, 16, generator=g), build_condition(source[None]).reshape(-1, 17),
+                                  torch.tensor([[2, 6, 8]]), torch.randn(3, 32, generator=g), torch.tensor([[3]]))
+            out = denoise(model.dit, sampler, inputs, steps=4, cfg_scale=1.0)[48:].reshape(6, 8, 16)
+        assert torch.allclose(out, source, atol=1e-4), (attention, (out - source).abs().max())
+
+
+def test_source_residual_training_loss_is_zero_for_a_copy(bc_model):
+    """The packed training targets use the same conversion: a zero output is exact when target == source."""
+    config = dataclasses.replace(BC_TINY, dit=dataclasses.replace(BC_TINY.dit, prediction="source_residual"))
+    sampler = FlowMatchSampler(config.sampler)
+    seq = _sequence(bc_model.dit, n_frames=3, targets=(1, 2))
+    seq.latents[2] = seq.latents[1]  # frame 2 is an unchanged copy of frame 1
+    packed = bc.pack_training(bc_model.dit, sampler, [seq])
+    zero = torch.zeros_like(packed.velocity)
+    err = (packed.velocity_of(zero, sampler, "source_residual", 0.25)
+           - packed.velocity_target(sampler, "source_residual", 0.25)).pow(2).reshape(2, -1).mean(1)
+    assert err[1] < 1e-10 and err[0] > 0.1  # frame 1 differs from frame 0, frame 2 is a copy

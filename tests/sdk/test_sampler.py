@@ -51,3 +51,17 @@ def test_shifted_training_timesteps_favour_high_noise():
     shifted = s.sample_training_timesteps(20000, torch.Generator().manual_seed(0), shift=3.0)
     assert abs(float(shifted.median()) - 750) < 15  # 3u / (1 + 2u) at u = 0.5
     assert (shifted >= plain).all()
+
+
+def test_source_residual_output_is_the_exact_velocity():
+    s = FlowMatchSampler(SamplerConfig())
+    x0, noise, source = torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 3)
+    t = torch.tensor([900.0, 500.0, 120.0, 20.0])
+    xt = s.add_noise(x0, noise, t)
+    v = s.velocity(x0 - source, xt, source, t, "source_residual")
+    assert torch.allclose(v, s.velocity_target(x0, noise), atol=1e-3)
+    # The training clamp divides by max(B, min_sigma) on both sides: the same x0 error, bounded weight.
+    clamped = s.velocity(x0 - source + 1.0, xt, source, t, "source_residual", min_sigma=0.25)
+    exact = s.velocity(x0 - source, xt, source, t, "source_residual", min_sigma=0.25)
+    assert torch.allclose((exact - clamped).abs()[:, 0], 1 / torch.tensor([0.9, 0.5, 0.25, 0.25]), atol=1e-4)
+    assert torch.equal(s.velocity(x0, xt, None, t, "velocity"), x0)

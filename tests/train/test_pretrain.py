@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from vincie_train.data.format import SessionRecord, ShardWriter, TurnRecord
-from vincie_train.pretrain import TrainConfig, train
+from vincie_train.pretrain import DataConfig, TrainConfig, train
 from vincie_train.synth.dynamics import WorldConfig, sample_transition_session
 from vincie_train.tasks import CompositionConfig, compose, without_dropped
 
@@ -85,9 +85,7 @@ def _config(tmp_path, shard, attention="block_causal", **kw):
 
     cfg_module.PRESETS["micro"] = MICRO
     return TrainConfig(out_dir=str(tmp_path / "run"), preset="micro", attention=attention,
-                       data={"shards": (str(shard),), "max_turns": 3} if False else
-                       __import__("vincie_train.pretrain", fromlist=["DataConfig"]).DataConfig(shards=(str(shard),), max_turns=3),
-                       batch_size=4, lr=2e-3, warmup_steps=5, max_steps=kw.pop("max_steps", 40), seed=0,
+                       data=DataConfig(shards=(str(shard),), max_turns=3), batch_size=4, lr=2e-3, warmup_steps=5, max_steps=kw.pop("max_steps", 40), seed=0,
                        checkpoint_minutes=1e9, log_every=1, **kw)
 
 
@@ -95,16 +93,17 @@ def _losses(run):
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("attention", ["block_causal", "full"])
-def test_loss_falls_and_the_result_loads(tmp_path, shard, attention):
-    cfg = _config(tmp_path, shard, attention=attention, max_steps=40)
+@pytest.mark.parametrize("attention,prediction", [("block_causal", "velocity"), ("full", "velocity"),
+                                                   ("block_causal", "source_residual")])
+def test_loss_falls_and_the_result_loads(tmp_path, shard, attention, prediction):
+    cfg = _config(tmp_path, shard, attention=attention, prediction=prediction, max_steps=40)
     model_dir = train(cfg, progress=False)
     losses = _losses(tmp_path / "run")
     assert len(losses) == 40
     assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8]), (losses[:8], losses[-8:])
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
     model = VincieModel.from_pretrained(model_dir)
-    assert model.config.dit.attention == attention
+    assert model.config.dit.attention == attention and model.config.dit.prediction == prediction
     img = Session(model, _record(np.random.default_rng(5)).frames[0], steps=2).edit("add a red circle")
     assert img.size == (32, 32)
 
