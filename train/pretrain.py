@@ -31,7 +31,6 @@ from vincie_sdk.image import preprocess
 from vincie_sdk.loading import atomic_path
 from vincie_sdk.model import VincieModel
 from vincie_sdk.models.dit import VincieTransformer
-from vincie_sdk.denoise import full_layout_sources
 from vincie_sdk.pipeline import build_condition
 from vincie_sdk.sampler import FlowMatchSampler
 
@@ -259,7 +258,8 @@ class Objective:
             x0 = lat  # (T+1, h, w, C): context frames then the target
             noise = torch.randn(x0.shape, generator=rng).to(device)
             xt = self.sampler.add_noise(x0, noise, t[b].expand(x0.shape[0]))
-            cond = build_condition(x0[:-1])
+            residual = self.dit.config.prediction == "source_residual"
+            cond = build_condition(x0[:-1], source=view.sources[-1] if residual else None)
             vids.append(torch.cat((xt, cond), -1).reshape(-1, 2 * x0.shape[-1] + 1))
             xts.append(xt.reshape(-1, x0.shape[-1]))
             x0s.append(x0.reshape(-1, x0.shape[-1]))
@@ -277,7 +277,7 @@ class Objective:
         prediction = self.dit.config.prediction
         if prediction == "velocity":
             return F.mse_loss(out[rows].float(), torch.cat(targets_v).float())
-        source = full_layout_sources(torch.cat(conds), torch.tensor(shapes))[rows]
+        source = torch.cat(conds)[rows, :-1]
         x_t, x0 = torch.cat(xts)[rows], torch.cat(x0s)[rows]
         row_t = torch.cat([t[b].expand(s[0] * s[1] * s[2]) for b, s in enumerate(shapes)])[rows]
         clamp = self.config.min_sigma

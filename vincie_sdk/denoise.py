@@ -38,22 +38,6 @@ class PackedInputs:
     txt_neg_shape: torch.Tensor | None = None
 
 
-def full_layout_sources(condition: torch.Tensor, vid_shape: torch.Tensor) -> torch.Tensor:
-    """Source latent per row of the official layout, for ``prediction="source_residual"``.
-
-    A context frame's source is its own clean latent (its condition channels); the target frame (last of
-    each sample) is edited from the last context frame; a sample without context has a zero source.
-    """
-    c = condition.shape[-1] - 1
-    out, row = [], 0
-    for t, h, w in vid_shape.tolist():
-        cond = condition[row: row + t * h * w, :c].reshape(t, h * w, c)
-        last = cond[t - 2: t - 1] if t > 1 else torch.zeros_like(cond[:1])
-        out.append(torch.cat((cond[: t - 1], last)).reshape(-1, c))
-        row += t * h * w
-    return torch.cat(out)
-
-
 @torch.no_grad()
 def denoise(dit: VincieTransformer, sampler: FlowMatchSampler, inputs: PackedInputs, *,
             steps: int | None = None, cfg_scale: float | None = None, batch_cfg: bool = True,
@@ -86,7 +70,9 @@ def denoise(dit: VincieTransformer, sampler: FlowMatchSampler, inputs: PackedInp
 
     # 3. Euler integration.
     prediction = dit.config.prediction
-    source = full_layout_sources(inputs.condition.float(), inputs.vid_shape) if prediction != "velocity" else None
+    # source_residual: every frame's condition holds its source (context frames: themselves; the target:
+    # the image it edits, see pipeline.build_condition).
+    source = inputs.condition[:, :-1].float() if prediction != "velocity" else None
     x = inputs.noise.float()
     for i, t in enumerate(timesteps):
         t_batch = t.expand(batch)

@@ -24,11 +24,14 @@ class FrameRequest:
         context_latents: (T, h, w, C) clean DiT-space latents of frames 0..T-1.
         prompts: T formatted prompts; prompt j introduces frame j+1 (the last: the new frame).
         seed: noise seed; the noise of all T+1 frames is drawn at once, as the official code does.
+        source: index of the context frame the new frame is generated from (the image it edits); only
+            models with ``prediction="source_residual"`` use it. ``None`` = the last context frame.
     """
 
     context_latents: torch.Tensor
     prompts: list[str]
     seed: int
+    source: int | None = None
 
 
 def draw_noise(shape: tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
@@ -40,12 +43,19 @@ def draw_noise(shape: tuple[int, ...], seed: int, device: torch.device) -> torch
     return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
 
 
-def build_condition(context_latents: torch.Tensor) -> torch.Tensor:
-    """(T, h, w, C) → (T+1, h, w, C+1): [latent | 1] for context frames, zeros for the target."""
+def build_condition(context_latents: torch.Tensor, source: int | None = None) -> torch.Tensor:
+    """(T, h, w, C) → (T+1, h, w, C+1): [latent | 1] for context frames, zeros for the target.
+
+    With ``source`` (models with ``prediction="source_residual"``) the target carries
+    ``[latent of context frame source | 0]``: the image its output is a residual of, in its own channels
+    as in the block-causal layout.
+    """
     t, h, w, c = context_latents.shape
     cond = context_latents.new_zeros(t + 1, h, w, c + 1)
     cond[:t, ..., :c] = context_latents
     cond[:t, ..., c] = 1.0
+    if source is not None and t:
+        cond[t, ..., :c] = context_latents[source]
     return cond
 
 
@@ -71,7 +81,8 @@ def pack_requests(model: VincieModel, requests: list[FrameRequest], negative_pro
         if len(r.prompts) != t:
             raise ValueError(f"a request with {t} context frames needs {t} prompts, got {len(r.prompts)}")
         noises.append(draw_noise((t + 1, h, w, c), r.seed, device).reshape(-1, c))
-        conds.append(build_condition(r.context_latents.to(device).float()).reshape(-1, c + 1))
+        source = (t - 1 if r.source is None else r.source) if model.config.dit.prediction == "source_residual" else None
+        conds.append(build_condition(r.context_latents.to(device).float(), source).reshape(-1, c + 1))
         shapes.append([t + 1, h, w])
         txt = fuse_prompts(model, [table[p] for p in r.prompts])
         txts.append(txt)

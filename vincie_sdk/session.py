@@ -285,7 +285,7 @@ class Session:
         if self.model.config.dit.attention == "block_causal":
             latent = self._sample_block_causal(prompt, src, steps, cfg_scale, seed, callback)
         else:
-            latent = self._sample_full(prompt, steps, cfg_scale, seed, callback)
+            latent = self._sample_full(prompt, src, steps, cfg_scale, seed, callback)
         decoded = self.model.decode_latents(latent[None])[0]
         exact = self.settings.exact_official
         if exact:
@@ -298,10 +298,10 @@ class Session:
         self.frames.append(frame)
         return frame
 
-    def _sample_full(self, prompt: str, steps, cfg_scale, seed, callback) -> torch.Tensor:
+    def _sample_full(self, prompt: str, src: int, steps, cfg_scale, seed, callback) -> torch.Tensor:
         """Official layout: all frames in one sequence, context as condition channels."""
         exact = self.settings.exact_official
-        request = FrameRequest(self._context_latents(), [f.prompt for f in self.frames[1:]] + [prompt], seed)
+        request = FrameRequest(self._context_latents(), [f.prompt for f in self.frames[1:]] + [prompt], seed, src)
         return generate(self.model, [request], steps=steps, cfg_scale=cfg_scale,
                         negative_prompt=self._opt("negative_prompt"), batch_cfg=not exact, use_cache=not exact,
                         callback=callback)[0]

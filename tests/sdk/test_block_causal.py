@@ -132,7 +132,7 @@ def test_source_residual_zero_output_copies_the_source():
         else:
             from vincie_sdk.denoise import PackedInputs, denoise
             from vincie_sdk.pipeline import build_condition
-            inputs = PackedInputs(torch.randn(2 * 48, 16, generator=g), build_condition(source[None]).reshape(-1, 17),
+            inputs = PackedInputs(torch.randn(2 * 48, 16, generator=g), build_condition(source[None], source=0).reshape(-1, 17),
                                   torch.tensor([[2, 6, 8]]), torch.randn(3, 32, generator=g), torch.tensor([[3]]))
             out = denoise(model.dit, sampler, inputs, steps=4, cfg_scale=1.0)[48:].reshape(6, 8, 16)
         assert torch.allclose(out, source, atol=1e-4), (attention, (out - source).abs().max())
