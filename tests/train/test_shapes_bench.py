@@ -257,6 +257,18 @@ def test_model_editor_with_and_without_context_runs_a_tiny_model(items100, tiny_
     assert result.records[0].iou_current is None
 
 
+def test_chain_editor_keeps_both_masks_in_context(items100, tiny_model):
+    from vincie_sdk.prompts import FrameKind
+
+    plain = ModelEditor(tiny_model, steps=1, masks=False)(items100[0])
+    chain = ModelEditor(tiny_model, steps=1, masks=False, chain=True)(items100[0])
+    for turns in (plain, chain):
+        turns.edit(items100[0].instructions[0])
+    assert [f.kind for f in plain.session.frames] == [FrameKind.IMAGE, FrameKind.IMAGE]
+    assert [f.kind for f in chain.session.frames] == [FrameKind.IMAGE, FrameKind.CURRENT_MASK, FrameKind.NEXT_MASK,
+                                                      FrameKind.IMAGE]
+
+
 def test_cli_writes_the_json_results(tmp_path, capsys, monkeypatch, tiny_model):
     from vincie_train.eval import cli
 

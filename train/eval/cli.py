@@ -24,7 +24,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-MODES = ("model", "no-context", "copy", "oracle")
+MODES = ("model", "chain", "no-context", "copy", "oracle")
 BASELINES = ("copy", "no-context")
 
 
@@ -44,8 +44,10 @@ def register_eval(subparsers) -> None:
     s.add_argument("-m", "--model", default="vincie-shapes",
                    help="checkpoint folder, 'vincie-shapes' (embedded) or random:PRESET (default: %(default)s)")
     s.add_argument("--mode", choices=MODES, default=None,
-                   help="model (whole history in context, the default), no-context (each turn from the last "
-                        "image alone), copy (returns the input), oracle (renders the ground truth)")
+                   help="model (whole history in context, the default), chain (chain of editing: each turn "
+                        "predicts the current-region mask, then the next-region mask, then the image, paper "
+                        "Table 3), no-context (each turn from the last image alone), copy (returns the input), "
+                        "oracle (renders the ground truth)")
     s.add_argument("--sessions", type=int, default=None, help=f"number of sessions (default: {DEFAULT_SESSIONS}, "
                                                               "or all of --data)")
     s.add_argument("--seed", type=int, default=DEFAULT_SEED, help="benchmark seed (default: %(default)s)")
@@ -180,8 +182,8 @@ def _editor(mode: str, args, model):
         return oracle_editor
     if mode == "predictions":
         return FolderEditor(args.predictions)
-    return ModelEditor(model, context=(mode == "model"), steps=args.steps, cfg_scale=args.cfg,
-                       seed=args.sample_seed, masks=not args.no_masks)
+    return ModelEditor(model, context=(mode != "no-context"), chain=(mode == "chain"), steps=args.steps,
+                       cfg_scale=args.cfg, seed=args.sample_seed, masks=not args.no_masks)
 
 
 def _model_with_loras(args):

@@ -6,7 +6,7 @@ turn with ``edit(instruction) -> image`` and may predict the region masks of the
 
 * :class:`ModelEditor` -- a :class:`vincie_sdk.Session`; ``context=True`` keeps the whole history in
   context (the model as it is meant to be used), ``context=False`` is the "no context" baseline: every
-  turn starts a fresh session from the previous output alone.
+  turn starts a fresh session from the previous output alone; ``chain=True`` edits by chain of editing.
 * :func:`copy_editor` -- returns its input unchanged (the judge must score it ~0).
 * :func:`oracle_editor` -- renders the ground truth and returns the true masks (must score 1.0).
 * :class:`FolderEditor` -- reads another system's outputs ``{id}_turn{k}.png`` (and optional
@@ -71,11 +71,13 @@ class ModelEditor:
         steps, cfg_scale: sampling overrides (``None``: the model's defaults).
         seed: the session noise seed (the same for every item, as the official code does per turn).
         masks: answer :meth:`predict_masks` with the model's CSP/NSP predictions.
+        chain: chain of editing (paper Table 3): every turn predicts the current-region mask, then the
+            next-region mask, both kept in context, then the image (:meth:`Session.chain_edit`).
     """
 
     def __init__(self, model, *, context: bool = True, steps: int | None = None, cfg_scale: float | None = None,
-                 seed: int = 1, masks: bool = True) -> None:
-        self.model, self.context, self.masks = model, context, masks
+                 seed: int = 1, masks: bool = True, chain: bool = False) -> None:
+        self.model, self.context, self.masks, self.chain = model, context, masks, chain
         self.kwargs = {"seed": seed, "steps": steps, "cfg_scale": cfg_scale}
 
     def session(self, image: ImageLike):
@@ -93,7 +95,7 @@ class _ModelTurns:
         self.session = editor.session(image)
 
     def edit(self, instruction: str) -> Image.Image:
-        image = self.session.edit(instruction)
+        image = (self.session.chain_edit if self.editor.chain else self.session.edit)(instruction)
         if not self.editor.context:
             self.session = self.editor.session(image)  # the next turn sees this output alone
         return image
