@@ -34,7 +34,7 @@ from vincie_sdk.models.dit import VincieTransformer
 from vincie_sdk.pipeline import build_condition
 from vincie_sdk.sampler import FlowMatchSampler
 
-from .data.format import SessionRecord
+from .data.format import CAMERA_NONE, SessionRecord
 from .tasks import ComposedSession, CompositionConfig, compose, without_dropped
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,10 @@ class DataConfig:
     min_turns: int = 1  # sessions are cut to a random number of turns in [min_turns, max_turns]
     max_turns: int = 4
     shuffle_buffer: int = 512
+    # False: keep only the turns whose camera is static (sessions are split at camera-move turns). Pans
+    # and zooms change every pixel; a small model on a short budget learns local edits faster without
+    # them (the shipped shapes model; the paper keeps them, with camera tags).
+    camera_moves: bool = True
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,20 @@ class TrainConfig:
 # Data
 # ----------------------------------------------------------------------------------------------
 
+def static_camera_parts(record: SessionRecord) -> list[SessionRecord]:
+    """The maximal runs of consecutive static-camera turns of a session, each as a session."""
+    parts, start = [], None
+    for i, turn in enumerate(record.turns + [None]):
+        static = turn is not None and (turn.camera or CAMERA_NONE) == CAMERA_NONE
+        if static and start is None:
+            start = i
+        elif not static and start is not None:
+            parts.append(SessionRecord(f"{record.key}-{start}", record.frames[start: i + 1], record.turns[start: i],
+                                       record.provenance))
+            start = None
+    return parts
+
+
 class SessionPool:
     """All sessions of the configured shards in memory (our synthetic shards are small), drawn by step.
 
@@ -133,6 +151,13 @@ class SessionPool:
             self.sessions.extend(read_sessions(path))
         if not self.sessions:
             raise ValueError(f"no sessions found in {list(config.shards)}")
+        # Everything read, before filtering: the text encoder's vocabulary comes from it, so that a run
+        # can change its filter on resume without changing the model's shape.
+        self.corpus = self.sessions
+        if not config.camera_moves:
+            self.sessions = [part for s in self.sessions for part in static_camera_parts(s)]
+            if not self.sessions:
+                raise ValueError(f"no static-camera turns in {list(config.shards)} (data.camera_moves: false)")
         self.config = config
         log.info("loaded %d sessions from %s", len(self.sessions), list(config.shards))
 
@@ -143,6 +168,7 @@ class SessionPool:
             raise ValueError("SessionPool: no sessions")
         pool = cls.__new__(cls)
         pool.sessions, pool.config = list(sessions), config
+        pool.corpus = pool.sessions
         return pool
 
     def draw(self, rng: np.random.Generator, n: int) -> list[SessionRecord]:
@@ -372,8 +398,8 @@ def build_model(config: TrainConfig, pool: "SessionPool") -> VincieModel:
     else:
         from .embedded import fresh_model, prompt_vocabulary
 
-        vocab = prompt_vocabulary((t.instruction for r in pool.sessions for t in r.turns),
-                                  (t.camera for r in pool.sessions for t in r.turns))
+        vocab = prompt_vocabulary((t.instruction for r in pool.corpus for t in r.turns),
+                                  (t.camera for r in pool.corpus for t in r.turns))
         model = fresh_model(get_preset(config.preset), vae_dir=config.vae, vocab=vocab, seed=config.seed)
     overrides = {k: v for k, v in (("attention", config.attention), ("prediction", config.prediction))
                  if v and v != getattr(model.config.dit, k)}

@@ -144,3 +144,14 @@ def test_kill_and_resume_is_exact(tmp_path, shard):
     assert len(_losses(tmp_path / "b" / "run")) == 5
     train(resumed, progress=False)
     assert _losses(tmp_path / "a" / "run") == _losses(tmp_path / "b" / "run")
+
+
+def test_static_camera_parts_split_sessions_at_camera_moves():
+    from vincie_train.pretrain import static_camera_parts
+
+    frames = [np.full((4, 4, 3), i, np.uint8) for i in range(6)]
+    cams = ["None", "zoom-in", "None", "None", "pan-left"]
+    record = SessionRecord("s", frames, [TurnRecord(instruction=f"i{k}", camera=c) for k, c in enumerate(cams)])
+    parts = static_camera_parts(record)
+    assert [p.instructions for p in parts] == [["i0"], ["i2", "i3"]]
+    assert [[int(f[0, 0, 0]) for f in p.frames] for p in parts] == [[0, 1], [2, 3, 4]]
