@@ -100,6 +100,7 @@ class LoraTrainConfig:
     timestep_loc: float = 0.0  # logit-normal training timesteps
     timestep_scale: float = 1.0
     timestep_shift: float = 1.0  # as in pretraining: warp towards high noise like the sampler
+    timestep_uniform: float = 0.0  # as in pretraining: share of uniformly drawn timesteps
     min_sigma: float = 0.25  # as in pretraining: clamp of B(t) in the loss of a non-velocity prediction
     mixed_precision: str = "auto"  # "auto" = bf16 autocast on GPU, none on CPU
     gradient_checkpointing: bool = False

@@ -85,6 +85,7 @@ class TrainConfig:
     # the x0 error / max(B, min_sigma)^2, so almost clean samples do not dominate (cf. JiT's clamp).
     min_sigma: float = 0.25
     timestep_shift: float = 1.0  # warp training timesteps like the sampler's shift (1 = plain logit-normal)
+    timestep_uniform: float = 0.0  # share of timesteps drawn uniformly (covers t ~ T, where sampling starts)
     mixed_precision: str = "auto"  # "auto" = bf16 on GPU, none on CPU
     gradient_checkpointing: bool = False
     checkpoint_minutes: float = 5.0
@@ -243,7 +244,7 @@ class Objective:
     def _timesteps(self, n: int, rng: torch.Generator, device) -> torch.Tensor:
         c = self.config
         return self.sampler.sample_training_timesteps(n, rng, c.timestep_loc, c.timestep_scale,
-                                                      shift=c.timestep_shift).to(device)
+                                                      shift=c.timestep_shift, uniform=c.timestep_uniform).to(device)
 
     def _block_causal_loss(self, sessions, latents, rng, device) -> torch.Tensor:
         fused = self.fused_prompts([s.prompts for s in sessions], device)

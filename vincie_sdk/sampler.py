@@ -68,12 +68,22 @@ class FlowMatchSampler:
         return (x_t - (source + output)) / b.clamp_min(min_sigma)
 
     def sample_training_timesteps(self, n: int, generator: torch.Generator | None = None,
-                                  loc: float = 0.0, scale: float = 1.0, device=None, shift: float = 1.0) -> torch.Tensor:
+                                  loc: float = 0.0, scale: float = 1.0, device=None, shift: float = 1.0,
+                                  uniform: float = 0.0) -> torch.Tensor:
         """Logit-normal t = T * sigmoid(N(loc, scale)) (the paper's and the official training setting),
         optionally warped by the same ``shift`` as the sampling timesteps (more training at high noise,
-        where a sampler with shift > 1 spends most of its steps)."""
+        where a sampler with shift > 1 spends most of its steps).
+
+        ``uniform``: the share of timesteps drawn uniformly from [0, T] instead. The logit-normal almost
+        never draws t > 0.98 T, yet sampling starts at exactly T; a small model does not extrapolate
+        there (it then ignores its context), so it needs some training at the ends.
+        """
         z = torch.randn(n, generator=generator, device=device) * scale + loc
         u = torch.sigmoid(z)
+        if uniform > 0:
+            flat = torch.rand(n, generator=generator, device=device)
+            pick = torch.rand(n, generator=generator, device=device) < uniform
+            u = torch.where(pick, flat, u)
         return self.T * (shift * u / (1 + (shift - 1) * u))
 
     # -- sampling --------------------------------------------------------------------------------

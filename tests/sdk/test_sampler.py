@@ -65,3 +65,14 @@ def test_source_residual_output_is_the_exact_velocity():
     exact = s.velocity(x0 - source, xt, source, t, "source_residual", min_sigma=0.25)
     assert torch.allclose((exact - clamped).abs()[:, 0], 1 / torch.tensor([0.9, 0.5, 0.25, 0.25]), atol=1e-4)
     assert torch.equal(s.velocity(x0, xt, None, t, "velocity"), x0)
+
+
+def test_training_timesteps_uniform_share_covers_the_start_of_sampling():
+    s = FlowMatchSampler(SamplerConfig())
+    g = torch.Generator().manual_seed(0)
+    plain = s.sample_training_timesteps(20000, g, shift=3.0)
+    mixed = s.sample_training_timesteps(20000, g, shift=3.0, uniform=0.2)
+    # t > 0.99 T: about 0.02% of logit-normal draws; 0.2 * P(shifted uniform > 0.99 T) = 0.2 * 3.3% with the mix.
+    assert (plain > 990).float().mean() < 0.002
+    assert abs((mixed > 990).float().mean() - 0.2 * (1 - 0.99 / (3 - 2 * 0.99))) < 0.003
+    assert plain.min() >= 0 and mixed.max() <= 1000
