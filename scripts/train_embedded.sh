@@ -14,8 +14,6 @@ VINCIE="$VENV/bin/vincie"
 "$VINCIE" data build --videos data/shapes-videos --out data/shapes-shards --videos-per-shard 50
 # 2. Pretraining with NIP + CSP + NSP (block-causal), then install the EMA weights.
 "$VINCIE" train train/configs/shapes_pretrain.yaml "$@"
-rm -rf vincie_sdk/weights/vincie-shapes.tmp
-cp -r runs/shapes-pretrain/model vincie_sdk/weights/vincie-shapes.tmp
-rm -rf vincie_sdk/weights/vincie-shapes
-mv vincie_sdk/weights/vincie-shapes.tmp vincie_sdk/weights/vincie-shapes
+# The DiT is stored in float16 (15 MB instead of 30; loading casts it back to float32 on a CPU).
+"$VENV/bin/python" -c "from vincie_train.embedded import install; install('runs/shapes-pretrain/model', 'vincie_sdk/weights/vincie-shapes')"
 echo "installed vincie_sdk/weights/vincie-shapes"

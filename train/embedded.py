@@ -73,3 +73,15 @@ def fresh_model(config: VincieConfig, *, vae_dir: str | Path | None, vocab: list
                                   seed=seed)
         text = TextEncoder.from_pretrained(tmp, config.text, dtype=torch.float32)
     return VincieModel(config, dit, vae, text)
+
+
+def install(model_dir: str | Path, dest: str | Path, dtype: str = "float16") -> Path:
+    """Write a trained model folder as the shipped embedded model: the DiT stored in ``dtype`` (half the
+    size of float32; loading casts back to the compute dtype), the rest as is. Atomic (temp + rename).
+
+    Example:
+        >>> install("runs/shapes-pretrain/model", "vincie_sdk/weights/vincie-shapes")  # doctest: +SKIP
+    """
+    model = VincieModel.from_pretrained(model_dir, dtype="float32")
+    model.dit.to(getattr(torch, dtype))
+    return model.save_pretrained(dest)
