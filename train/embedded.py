@@ -72,6 +72,11 @@ def fresh_model(config: VincieConfig, *, vae_dir: str | Path | None, vocab: list
                                   num_heads=max(1, config.text.hidden_size // 32), max_length=config.text.max_length,
                                   seed=seed)
         text = TextEncoder.from_pretrained(tmp, config.text, dtype=torch.float32)
+    # Word embeddings at the scale of the normalised hidden states (std 1, not the LM default 0.02):
+    # otherwise the context average from attention dominates every token's state and "red" and "blue"
+    # differ by a few percent after the final norm; the DiT then sees no word and learns to ignore text
+    # (our first run: identical outputs for different instructions after 1,500 steps).
+    torch.nn.init.normal_(text.model.get_input_embeddings().weight, std=1.0)
     return VincieModel(config, dit, vae, text)
 
 

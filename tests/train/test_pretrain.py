@@ -155,3 +155,22 @@ def test_static_camera_parts_split_sessions_at_camera_moves():
     parts = static_camera_parts(record)
     assert [p.instructions for p in parts] == [["i0"], ["i2", "i3"]]
     assert [[int(f[0, 0, 0]) for f in p.frames] for p in parts] == [[0, 1], [2, 3, 4]]
+
+
+def test_fresh_text_encoder_tells_words_apart():
+    """A fresh embedded-model text encoder must give clearly different states for different words, or the
+    DiT never learns to read instructions (the LM default embedding scale drowns them)."""
+    import torch
+    from vincie_train.embedded import fresh_model
+
+    from vincie_sdk.config import SHAPES
+
+    model = fresh_model(SHAPES, vae_dir=None, vocab=["turn", "the", "red", "blue", "square", "green"], seed=0)
+    # Embeddings at the scale of the normalised states, so that the layers' context mixing (which grows in
+    # training) cannot drown a token's identity; the LM default (std 0.02) let it fall to ~7 %.
+    assert abs(float(model.text_encoder.model.get_input_embeddings().weight.std()) - 1.0) < 0.1
+    with torch.no_grad():
+        a, b = model.text_encoder.encode(["turn the red square green", "turn the blue square green"])
+    word = 2  # "red" / "blue"
+    assert (a[word] - b[word]).norm() > 0.5 * a[word].norm()
+    assert torch.allclose(a[:word], b[:word])  # a causal encoder: earlier tokens are unaffected
