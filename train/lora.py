@@ -102,6 +102,7 @@ class LoraTrainConfig:
     timestep_shift: float = 1.0  # as in pretraining: warp towards high noise like the sampler
     timestep_uniform: float = 0.0  # as in pretraining: share of uniformly drawn timesteps
     min_sigma: float = 0.25  # as in pretraining: clamp of B(t) in the loss of a non-velocity prediction
+    changed_weight: float = 0.0  # as in pretraining: extra loss weight on pixels an edit changes
     mixed_precision: str = "auto"  # "auto" = bf16 autocast on GPU, none on CPU
     gradient_checkpointing: bool = False
     checkpoint_minutes: float = 5.0

@@ -32,6 +32,7 @@ from vincie_sdk.loading import atomic_path
 from vincie_sdk.model import VincieModel
 from vincie_sdk.models.dit import VincieTransformer
 from vincie_sdk.pipeline import build_condition
+from vincie_sdk.prompts import FrameKind
 from vincie_sdk.sampler import FlowMatchSampler
 
 from .data.format import CAMERA_NONE, SessionRecord
@@ -84,6 +85,9 @@ class TrainConfig:
     # Lower bound on B(t) when a non-velocity prediction is converted to v for the loss: the loss is then
     # the x0 error / max(B, min_sigma)^2, so almost clean samples do not dominate (cf. JiT's clamp).
     min_sigma: float = 0.25
+    # Extra loss weight on the latent pixels an image target changes from its source (0 = the plain mean).
+    # Edits touch a few percent of the pixels; without it the loss is mostly "copy the rest".
+    changed_weight: float = 0.0
     timestep_shift: float = 1.0  # warp training timesteps like the sampler's shift (1 = plain logit-normal)
     timestep_uniform: float = 0.0  # share of timesteps drawn uniformly (covers t ~ T, where sampling starts)
     mixed_precision: str = "auto"  # "auto" = bf16 on GPU, none on CPU
@@ -188,6 +192,9 @@ class SessionPool:
 # Loss
 # ----------------------------------------------------------------------------------------------
 
+CHANGED_THRESHOLD = 0.1  # latent units (about 8/255 in pixel space for the shapes model)
+
+
 class Objective:
     """Flow-matching loss of a batch of composed sessions, for either attention variant."""
 
@@ -199,6 +206,10 @@ class Objective:
         self.max_cached = 200_000
         self.config = config
         self.resolution = resolution
+        if config.changed_weight and dit.config.attention == "full" and dit.config.prediction == "velocity":
+            raise ValueError("changed_weight needs the target's source latent, which the official full-attention "
+                             "layout does not give a velocity model: use prediction 'source_residual' or the "
+                             "block-causal variant")
 
     @torch.no_grad()
     def encode_frames(self, sessions: list[ComposedSession], device) -> list[torch.Tensor]:
@@ -261,8 +272,23 @@ class Objective:
                                                 ("vid", "txt", "velocity", "x_t", "x0", "source", "row_timesteps")})
         out = bc.training_velocity(self.dit, packed, forward=self.forward)
         prediction, clamp = self.dit.config.prediction, self.config.min_sigma
-        return F.mse_loss(packed.velocity_of(out.float(), self.sampler, prediction, clamp),
-                          packed.velocity_target(self.sampler, prediction, clamp).float())
+        per_row = (packed.velocity_of(out.float(), self.sampler, prediction, clamp)
+                   - packed.velocity_target(self.sampler, prediction, clamp).float()).pow(2).mean(-1)
+        rows = packed.x0.shape[0] // max(1, sum(len(s.targets) for s in sessions))
+        is_image = torch.tensor([s.kinds[k] == FrameKind.IMAGE for s in sessions for k in s.targets],
+                                device=device).repeat_interleave(rows)
+        return self._weighted(per_row, packed.x0, packed.source, is_image)
+
+    def _weighted(self, per_row: torch.Tensor, x0: torch.Tensor, source: torch.Tensor,
+                  is_image: torch.Tensor) -> torch.Tensor:
+        """Mean of the per-row errors; with ``changed_weight`` > 0, rows of image targets that differ from
+        their source count ``1 + changed_weight`` times (normalised, so the scale stays comparable)."""
+        lam = self.config.changed_weight
+        if not lam:
+            return per_row.mean()
+        changed = (x0 - source).abs().amax(-1) > CHANGED_THRESHOLD
+        weight = 1 + lam * (changed & is_image).float()
+        return (weight * per_row).sum() / weight.sum()
 
     def _full_loss(self, sessions, latents, rng, device) -> torch.Tensor:
         """Official layout: one random target per session, all its frames noised at the same t."""
@@ -308,8 +334,11 @@ class Objective:
         x_t, x0 = torch.cat(xts)[rows], torch.cat(x0s)[rows]
         row_t = torch.cat([t[b].expand(s[0] * s[1] * s[2]) for b, s in enumerate(shapes)])[rows]
         clamp = self.config.min_sigma
-        return F.mse_loss(self.sampler.velocity(out[rows].float(), x_t, source, row_t, prediction, clamp),
-                          self.sampler.velocity(x0 - source, x_t, source, row_t, prediction, clamp))
+        per_row = (self.sampler.velocity(out[rows].float(), x_t, source, row_t, prediction, clamp)
+                   - self.sampler.velocity(x0 - source, x_t, source, row_t, prediction, clamp)).pow(2).mean(-1)
+        is_image = torch.tensor([v.kinds[-1] == FrameKind.IMAGE for v, _ in views], device=device)
+        is_image = is_image.repeat_interleave(torch.tensor([s[1] * s[2] for s in shapes], device=device))
+        return self._weighted(per_row, x0, source, is_image)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -174,3 +174,21 @@ def test_fresh_text_encoder_tells_words_apart():
     word = 2  # "red" / "blue"
     assert (a[word] - b[word]).norm() > 0.5 * a[word].norm()
     assert torch.allclose(a[:word], b[:word])  # a causal encoder: earlier tokens are unaffected
+
+
+def test_changed_weight_counts_changed_image_pixels_more():
+    import torch
+    from vincie_train.pretrain import Objective
+
+    class _Dit:
+        config = MICRO.dit
+
+    x0, source = torch.zeros(4, 3), torch.zeros(4, 3)
+    x0[0, 1] = 0.5  # row 0 changed (image target), row 3 changed but it belongs to a mask target
+    x0[3, 0] = 0.5
+    is_image = torch.tensor([True, True, False, False])
+    per_row = torch.tensor([4.0, 1.0, 1.0, 1.0])
+    plain = Objective(_Dit(), None, None, None, TrainConfig(), 32)
+    weighted = Objective(_Dit(), None, None, None, TrainConfig(changed_weight=3.0), 32)
+    assert float(plain._weighted(per_row, x0, source, is_image)) == 7 / 4
+    assert float(weighted._weighted(per_row, x0, source, is_image)) == pytest.approx((4 * 4 + 1 + 1 + 1) / 7)
