@@ -270,7 +270,7 @@ def _train_lora(config: LoraTrainConfig, out: Path, progress: bool, stop_after: 
     modules = {"lora": adapter_params}
     ema = EMA(modules, config.ema_decay)
     ckpt = out / "checkpoint.pt"
-    state = resume(ckpt, modules, optimizer, scheduler, ema)
+    state = resume(ckpt, modules, optimizer, scheduler, ema, lrs=[config.lr])
     forward, optimizer, scheduler = accelerator.prepare(dit, optimizer, scheduler)
     objective = Objective(dit, model.vae, model.text_encoder, FlowMatchSampler(model.config.sampler), config,
                           resolution, forward=forward)

@@ -488,12 +488,13 @@ def _train(config: TrainConfig, out: Path, progress: bool, stop_after: int | Non
     groups = [{"params": [p for p in dit.parameters() if p.requires_grad], "lr": config.lr}]
     if config.train_text_encoder:
         groups.append({"params": [p for p in text.parameters() if p.requires_grad], "lr": config.text_lr or config.lr})
+    lrs = [g["lr"] for g in groups]  # read before the scheduler rescales them
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, betas=(0.9, 0.99))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     ema = EMA(modules, config.ema_decay)
 
     ckpt = out / "checkpoint.pt"
-    state = resume(ckpt, modules, optimizer, scheduler, ema)
+    state = resume(ckpt, modules, optimizer, scheduler, ema, lrs=lrs)
     dit, text, optimizer, scheduler = accelerator.prepare(dit, text, optimizer, scheduler)
     vae.to(device)
     objective = Objective(accelerator.unwrap_model(dit), vae, accelerator.unwrap_model(text),
@@ -541,8 +542,11 @@ class LoopState:
     losses: list = field(default_factory=list)
 
 
-def resume(path: Path, modules: dict, optimizer, scheduler, ema: EMA) -> LoopState:
-    """Restore modules, optimizer, scheduler and EMA from a :func:`save_checkpoint` file, if there is one."""
+def resume(path: Path, modules: dict, optimizer, scheduler, ema: EMA, lrs: list[float] | None = None) -> LoopState:
+    """Restore modules, optimizer, scheduler and EMA from a :func:`save_checkpoint` file, if there is one.
+
+    ``lrs``: the configured base learning rate per parameter group; they replace the checkpoint's.
+    """
     if not path.exists():
         return LoopState()
     state = load_checkpoint(path)
@@ -551,6 +555,16 @@ def resume(path: Path, modules: dict, optimizer, scheduler, ema: EMA) -> LoopSta
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     ema.shadow = state["ema"]
+    # The configured learning rates win over the checkpoint's, so a run can be resumed with a new lr; the
+    # schedule's position is kept.
+    if lrs is not None:
+        factor = scheduler.lr_lambdas[0](state["step"])
+        for group, base, lr in zip(optimizer.param_groups, list(scheduler.base_lrs), lrs):
+            if abs(base - lr) > 1e-12:
+                log.warning("learning rate %.3g -> %.3g (from the config) at step %d", base, lr, state["step"])
+            group["initial_lr"], group["lr"] = lr, lr * factor
+        scheduler.base_lrs = list(lrs)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
     log.info("resumed %s at step %d (%.1f min)", path, state["step"], state["elapsed"] / 60)
     return LoopState(state["step"], state["elapsed"], [tuple(x) for x in state["losses"]])
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from vincie_train.data.format import SessionRecord, ShardWriter, TurnRecord
-from vincie_train.pretrain import DataConfig, TrainConfig, train
+from vincie_train.pretrain import DataConfig, TrainConfig, lr_lambda, train
 from vincie_train.synth.dynamics import WorldConfig, sample_transition_session
 from vincie_train.tasks import CompositionConfig, compose, without_dropped
 
@@ -192,3 +192,13 @@ def test_changed_weight_counts_changed_image_pixels_more():
     weighted = Objective(_Dit(), None, None, None, TrainConfig(changed_weight=3.0), 32)
     assert float(plain._weighted(per_row, x0, source, is_image)) == 7 / 4
     assert float(weighted._weighted(per_row, x0, source, is_image)) == pytest.approx((4 * 4 + 1 + 1 + 1) / 7)
+
+
+def test_resume_with_a_new_learning_rate_applies_it(tmp_path, shard):
+    first = _config(tmp_path, shard, max_steps=12, threads=1)  # warm-up 5 steps, then constant 2e-3
+    train(first, progress=False, stop_after=4)
+    train(dataclasses.replace(first, lr=5e-4), progress=False)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    f = lr_lambda(first)  # the logged lr is the one for the next step
+    assert lrs[3] == pytest.approx(2e-3 * f(4))
+    assert lrs[4:] == pytest.approx([5e-4 * f(k + 1) for k in range(4, 12)])  # new base, same schedule
