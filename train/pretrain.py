@@ -559,9 +559,10 @@ def resume(path: Path, modules: dict, optimizer, scheduler, ema: EMA, lrs: list[
     # schedule's position is kept.
     if lrs is not None:
         factor = scheduler.lr_lambdas[0](state["step"])
-        for group, base, lr in zip(optimizer.param_groups, list(scheduler.base_lrs), lrs):
+        for i, (group, base, lr) in enumerate(zip(optimizer.param_groups, list(scheduler.base_lrs), lrs)):
             if abs(base - lr) > 1e-12:
-                log.warning("learning rate %.3g -> %.3g (from the config) at step %d", base, lr, state["step"])
+                log.warning("learning rate of parameter group %d: %.3g -> %.3g (from the config) at step %d",
+                            i, base, lr, state["step"])
             group["initial_lr"], group["lr"] = lr, lr * factor
         scheduler.base_lrs = list(lrs)
         scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
