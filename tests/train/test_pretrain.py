@@ -202,3 +202,23 @@ def test_resume_with_a_new_learning_rate_applies_it(tmp_path, shard):
     f = lr_lambda(first)  # the logged lr is the one for the next step
     assert lrs[3] == pytest.approx(2e-3 * f(4))
     assert lrs[4:] == pytest.approx([5e-4 * f(k + 1) for k in range(4, 12)])  # new base, same schedule
+
+
+def test_text_sensitivity_is_zero_when_the_text_path_is_cut():
+    import torch
+    from vincie_train.pretrain import SessionPool, text_sensitivity
+
+    rng = np.random.default_rng(0)
+    words = ["make the red circle blue", "make the blue square green", "make the green circle red"]
+    records = [SessionRecord(f"s{i}", [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(2)],
+                             [TurnRecord(instruction=w)]) for i, w in enumerate(words)]  # equal token counts
+    pool = SessionPool.from_sessions(records, DataConfig())
+    model = VincieModel.from_random(MICRO, seed=0)
+    assert model.config.dit.attention == "block_causal"
+    assert text_sensitivity(model, pool) > 1e-4
+    torch.nn.init.zeros_(model.dit.txt_in.weight)  # every text token becomes the same vector
+    torch.nn.init.zeros_(model.dit.txt_in.bias)
+    model.dit.prompt_id_embedding.embedding.weight.data.zero_()
+    assert text_sensitivity(model, pool) < 1e-6
+    full = dataclasses.replace(MICRO, dit=dataclasses.replace(MICRO.dit, attention="full"))
+    assert text_sensitivity(VincieModel.from_random(full, seed=0), pool) is None
