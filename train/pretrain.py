@@ -53,7 +53,7 @@ class DataConfig:
     shuffle_buffer: int = 512
     # False: keep only the turns whose camera is static (sessions are split at camera-move turns). Pans
     # and zooms change every pixel; a small model on a short budget learns local edits faster without
-    # them (the shipped shapes model; the paper keeps them, with camera tags).
+    # them (the shapes recipe; the paper keeps them, with camera tags).
     camera_moves: bool = True
 
 
@@ -274,7 +274,8 @@ class Objective:
         prediction, clamp = self.dit.config.prediction, self.config.min_sigma
         per_row = (packed.velocity_of(out.float(), self.sampler, prediction, clamp)
                    - packed.velocity_target(self.sampler, prediction, clamp).float()).pow(2).mean(-1)
-        rows = packed.x0.shape[0] // max(1, sum(len(s.targets) for s in sessions))
+        rows = torch.tensor([lat.shape[1] * lat.shape[2] for s, lat in zip(sessions, latents) for _ in s.targets],
+                            device=device)  # loss rows per target (sessions may differ in size)
         is_image = torch.tensor([s.kinds[k] == FrameKind.IMAGE for s in sessions for k in s.targets],
                                 device=device).repeat_interleave(rows)
         return self._weighted(per_row, packed.x0, packed.source, is_image)
