@@ -34,8 +34,8 @@ from vincie_sdk.model import VincieModel
 from vincie_sdk.sampler import FlowMatchSampler
 
 from .data.edits import read_edits
-from .pretrain import (EMA, DataConfig, LoopState, Objective, SessionPool, _jsonable, lr_lambda, make_accelerator,
-                       plot_losses, resume, run_steps, sample_grid, save_checkpoint, torch_threads)
+from .pretrain import (EMA, DataConfig, LoopState, Objective, ObjectiveConfig, SessionPool, _jsonable, lr_lambda,
+                       make_accelerator, plot_losses, resume, run_steps, sample_grid, save_checkpoint, torch_threads)
 from .tasks import CompositionConfig, compose
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,9 @@ class EditDataConfig:
 
 
 @dataclass(frozen=True)
-class LoraTrainConfig:
-    """A LoRA fine-tuning run. YAML keys mirror these fields (nested: ``lora``, ``data``, ``composition``)."""
+class LoraTrainConfig(ObjectiveConfig):
+    """A LoRA fine-tuning run. YAML keys mirror these fields (nested: ``lora``, ``data``, ``composition``);
+    the loss settings (timesteps, ``min_sigma``, ``changed_weight``) come from :class:`ObjectiveConfig`."""
 
     out_dir: str = "runs/lora"
     base: str = "vincie-shapes"  # model folder, single file, or embedded name
@@ -97,12 +98,6 @@ class LoraTrainConfig:
     max_steps: int = 500
     max_minutes: float | None = None
     ema_decay: float = 0.0  # 0 = the adapter is the live weights
-    timestep_loc: float = 0.0  # logit-normal training timesteps
-    timestep_scale: float = 1.0
-    timestep_shift: float = 1.0  # as in pretraining: warp towards high noise like the sampler
-    timestep_uniform: float = 0.0  # as in pretraining: share of uniformly drawn timesteps
-    min_sigma: float = 0.25  # as in pretraining: clamp of B(t) in the loss of a non-velocity prediction
-    changed_weight: float = 0.0  # as in pretraining: extra loss weight on pixels an edit changes
     mixed_precision: str = "auto"  # "auto" = bf16 autocast on GPU, none on CPU
     gradient_checkpointing: bool = False
     checkpoint_minutes: float = 5.0

@@ -58,7 +58,23 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class ObjectiveConfig:
+    """Flow-matching loss settings, shared by pretraining and LoRA fine-tuning (both configs extend it)."""
+
+    timestep_loc: float = 0.0  # logit-normal training timesteps
+    timestep_scale: float = 1.0
+    timestep_shift: float = 1.0  # warp training timesteps like the sampler's shift (1 = plain logit-normal)
+    timestep_uniform: float = 0.0  # share of timesteps drawn uniformly (covers t ~ T, where sampling starts)
+    # Lower bound on B(t) when a non-velocity prediction is converted to v for the loss: the loss is then
+    # the x0 error / max(B, min_sigma)^2, so almost clean samples do not dominate (cf. JiT's clamp).
+    min_sigma: float = 0.25
+    # Extra loss weight on the latent pixels an image target changes from its source (0 = the plain mean).
+    # Edits touch a few percent of the pixels; without it the loss is mostly "copy the rest".
+    changed_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig(ObjectiveConfig):
     """A pretraining run. YAML keys mirror these fields (nested: ``data``, ``composition``)."""
 
     out_dir: str = "runs/pretrain"
@@ -80,16 +96,6 @@ class TrainConfig:
     max_steps: int = 100_000
     max_minutes: float | None = None  # stop (after a checkpoint) when this much time was spent in total
     ema_decay: float = 0.999
-    timestep_loc: float = 0.0  # logit-normal training timesteps
-    timestep_scale: float = 1.0
-    # Lower bound on B(t) when a non-velocity prediction is converted to v for the loss: the loss is then
-    # the x0 error / max(B, min_sigma)^2, so almost clean samples do not dominate (cf. JiT's clamp).
-    min_sigma: float = 0.25
-    # Extra loss weight on the latent pixels an image target changes from its source (0 = the plain mean).
-    # Edits touch a few percent of the pixels; without it the loss is mostly "copy the rest".
-    changed_weight: float = 0.0
-    timestep_shift: float = 1.0  # warp training timesteps like the sampler's shift (1 = plain logit-normal)
-    timestep_uniform: float = 0.0  # share of timesteps drawn uniformly (covers t ~ T, where sampling starts)
     mixed_precision: str = "auto"  # "auto" = bf16 on GPU, none on CPU
     gradient_checkpointing: bool = False
     checkpoint_minutes: float = 5.0
@@ -198,7 +204,7 @@ CHANGED_THRESHOLD = 0.1  # latent units (about 8/255 in pixel space for the shap
 class Objective:
     """Flow-matching loss of a batch of composed sessions, for either attention variant."""
 
-    def __init__(self, dit: VincieTransformer, vae, text_encoder, sampler: FlowMatchSampler, config: TrainConfig,
+    def __init__(self, dit: VincieTransformer, vae, text_encoder, sampler: FlowMatchSampler, config: ObjectiveConfig,
                  resolution: int, forward=None) -> None:
         self.dit, self.vae, self.text_encoder, self.sampler = dit, vae, text_encoder, sampler
         self.forward = forward or dit  # the (possibly distributed-wrapped) module to call
