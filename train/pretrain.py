@@ -71,6 +71,10 @@ class ObjectiveConfig:
     # Extra loss weight on the latent pixels an image target changes from its source (0 = the plain mean).
     # Edits touch a few percent of the pixels; without it the loss is mostly "copy the rest".
     changed_weight: float = 0.0
+    # Targets that change more than this share of their latent pixels (background, lighting) get no extra
+    # weight. Upweighting whole-frame changes made the model hedge at t ~ T between copying its source and
+    # repainting every pixel (white backgrounds came out grey before the text could decide).
+    changed_max_share: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -284,17 +288,21 @@ class Objective:
                             device=device)  # loss rows per target (sessions may differ in size)
         is_image = torch.tensor([s.kinds[k] == FrameKind.IMAGE for s in sessions for k in s.targets],
                                 device=device).repeat_interleave(rows)
-        return self._weighted(per_row, packed.x0, packed.source, is_image)
+        return self._weighted(per_row, packed.x0, packed.source, is_image, rows)
 
     def _weighted(self, per_row: torch.Tensor, x0: torch.Tensor, source: torch.Tensor,
-                  is_image: torch.Tensor) -> torch.Tensor:
+                  is_image: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Mean of the per-row errors; with ``changed_weight`` > 0, rows of image targets that differ from
-        their source count ``1 + changed_weight`` times (normalised, so the scale stays comparable)."""
+        their source count ``1 + changed_weight`` times (normalised, so the scale stays comparable), unless
+        the target changes more than ``changed_max_share`` of its rows. ``rows``: loss rows per target."""
         lam = self.config.changed_weight
         if not lam:
             return per_row.mean()
-        changed = (x0 - source).abs().amax(-1) > CHANGED_THRESHOLD
-        weight = 1 + lam * (changed & is_image).float()
+        changed = ((x0 - source).abs().amax(-1) > CHANGED_THRESHOLD).float()
+        target = torch.arange(len(rows), device=rows.device).repeat_interleave(rows)
+        share = torch.zeros(len(rows), device=rows.device).index_add_(0, target, changed) / rows
+        local = (share <= self.config.changed_max_share)[target]
+        weight = 1 + lam * changed * (is_image & local).float()
         return (weight * per_row).sum() / weight.sum()
 
     def _full_loss(self, sessions, latents, rng, device) -> torch.Tensor:
@@ -344,8 +352,8 @@ class Objective:
         per_row = (self.sampler.velocity(out[rows].float(), x_t, source, row_t, prediction, clamp)
                    - self.sampler.velocity(x0 - source, x_t, source, row_t, prediction, clamp)).pow(2).mean(-1)
         is_image = torch.tensor([v.kinds[-1] == FrameKind.IMAGE for v, _ in views], device=device)
-        is_image = is_image.repeat_interleave(torch.tensor([s[1] * s[2] for s in shapes], device=device))
-        return self._weighted(per_row, x0, source, is_image)
+        frame_rows = torch.tensor([s[1] * s[2] for s in shapes], device=device)
+        return self._weighted(per_row, x0, source, is_image.repeat_interleave(frame_rows), frame_rows)
 
 
 # ----------------------------------------------------------------------------------------------

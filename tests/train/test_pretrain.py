@@ -183,15 +183,22 @@ def test_changed_weight_counts_changed_image_pixels_more():
     class _Dit:
         config = MICRO.dit
 
-    x0, source = torch.zeros(4, 3), torch.zeros(4, 3)
-    x0[0, 1] = 0.5  # row 0 changed (image target), row 3 changed but it belongs to a mask target
-    x0[3, 0] = 0.5
-    is_image = torch.tensor([True, True, False, False])
-    per_row = torch.tensor([4.0, 1.0, 1.0, 1.0])
+    # Three targets of 4 rows: a local image edit (1 of 4 rows changed), a mask target, and a global
+    # image change (every row changed, like a new background).
+    x0, source = torch.zeros(12, 3), torch.zeros(12, 3)
+    x0[0, 1] = 0.5
+    x0[7, 0] = 0.5
+    x0[8:, 2] = 0.5
+    is_image = torch.tensor([True] * 4 + [False] * 4 + [True] * 4)
+    rows = torch.tensor([4, 4, 4])
+    per_row = torch.tensor([4.0] + [1.0] * 11)
     plain = Objective(_Dit(), None, None, None, TrainConfig(), 32)
     weighted = Objective(_Dit(), None, None, None, TrainConfig(changed_weight=3.0), 32)
-    assert float(plain._weighted(per_row, x0, source, is_image)) == 7 / 4
-    assert float(weighted._weighted(per_row, x0, source, is_image)) == pytest.approx((4 * 4 + 1 + 1 + 1) / 7)
+    everything = Objective(_Dit(), None, None, None, TrainConfig(changed_weight=3.0, changed_max_share=1.0), 32)
+    assert float(plain._weighted(per_row, x0, source, is_image, rows)) == 15 / 12
+    # Only the local edit's changed row counts 4x; the mask row and the global change count once.
+    assert float(weighted._weighted(per_row, x0, source, is_image, rows)) == pytest.approx((4 * 4 + 11) / 15)
+    assert float(everything._weighted(per_row, x0, source, is_image, rows)) == pytest.approx((4 * 4 + 7 + 4 * 4) / 27)
 
 
 def test_resume_with_a_new_learning_rate_applies_it(tmp_path, shard):
