@@ -65,6 +65,7 @@ class ObjectiveConfig:
     timestep_scale: float = 1.0
     timestep_shift: float = 1.0  # warp training timesteps like the sampler's shift (1 = plain logit-normal)
     timestep_uniform: float = 0.0  # share of timesteps drawn uniformly (covers t ~ T, where sampling starts)
+    timestep_top: float = 0.0  # share drawn from [0.95 T, T], where sampling starts (see sample_training_timesteps)
     # Lower bound on B(t) when a non-velocity prediction is converted to v for the loss: the loss is then
     # the x0 error / max(B, min_sigma)^2, so almost clean samples do not dominate (cf. JiT's clamp).
     min_sigma: float = 0.25
@@ -265,7 +266,8 @@ class Objective:
     def _timesteps(self, n: int, rng: torch.Generator, device) -> torch.Tensor:
         c = self.config
         return self.sampler.sample_training_timesteps(n, rng, c.timestep_loc, c.timestep_scale,
-                                                      shift=c.timestep_shift, uniform=c.timestep_uniform).to(device)
+                                                      shift=c.timestep_shift, uniform=c.timestep_uniform,
+                                                      top=c.timestep_top).to(device)
 
     def _block_causal_loss(self, sessions, latents, rng, device) -> torch.Tensor:
         fused = self.fused_prompts([s.prompts for s in sessions], device)

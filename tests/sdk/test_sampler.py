@@ -76,3 +76,15 @@ def test_training_timesteps_uniform_share_covers_the_start_of_sampling():
     assert (plain > 990).float().mean() < 0.002
     assert abs((mixed > 990).float().mean() - 0.2 * (1 - 0.99 / (3 - 2 * 0.99))) < 0.003
     assert plain.min() >= 0 and mixed.max() <= 1000
+
+
+def test_training_timesteps_top_share_lands_in_the_last_span():
+    s = FlowMatchSampler(SamplerConfig())
+    g = torch.Generator().manual_seed(0)
+    plain = s.sample_training_timesteps(20000, g, shift=3.0)
+    topped = s.sample_training_timesteps(20000, g, shift=3.0, top=0.1)
+    share = lambda t: float(((t >= 950) & (t <= 1000)).float().mean())  # noqa: E731
+    # The top draws add their share on top of what the shifted logit-normal already puts there.
+    assert abs(share(topped) - (0.1 + 0.9 * share(plain))) < 0.01
+    assert float((topped > 990).float().mean()) > 0.015  # a fifth of the top share is within 1% of T
+    assert topped.max() <= 1000
