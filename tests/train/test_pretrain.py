@@ -201,6 +201,26 @@ def test_changed_weight_counts_changed_image_pixels_more():
     assert float(everything._weighted(per_row, x0, source, is_image, rows)) == pytest.approx((4 * 4 + 7 + 4 * 4) / 27)
 
 
+def test_copy_error_is_zero_for_a_residual_model_that_outputs_nothing():
+    import torch
+    from vincie_train.pretrain import SessionPool, copy_error
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    # A turn that changes nothing: every latent pixel is "unchanged", so an exact copy scores 0.
+    pool = SessionPool.from_sessions([SessionRecord("s", [frame, frame.copy()], [TurnRecord(instruction="keep it")])],
+                                     DataConfig())
+    residual = dataclasses.replace(MICRO, dit=dataclasses.replace(MICRO.dit, prediction="source_residual"))
+    model = VincieModel.from_random(residual, seed=0)
+    noisy = copy_error(model, pool)
+    assert set(noisy) == {"1000", "950"} and min(noisy.values()) > 1e-3
+    for p in model.dit.vid_out.parameters():
+        torch.nn.init.zeros_(p)  # output 0 = x0 is the source: an exact copy
+    assert max(copy_error(model, pool).values()) < 1e-8
+    full = dataclasses.replace(MICRO, dit=dataclasses.replace(MICRO.dit, attention="full"))
+    assert copy_error(VincieModel.from_random(full, seed=0), pool) is None
+
+
 def test_resume_with_a_new_learning_rate_applies_it(tmp_path, shard):
     first = _config(tmp_path, shard, max_steps=12, threads=1)  # warm-up 5 steps, then constant 2e-3
     train(first, progress=False, stop_after=4)
