@@ -10,8 +10,8 @@ if [ ! -f vincie_sdk/weights/vincie-shapes/config.json ]; then
   MODEL="random:tiny"
 fi
 exec "$VENV/bin/vincie" edit vincie_sdk/assets/example.png --model "$MODEL" -o outputs/demo \
-  -p "add a red circle at the top left" \
-  -p "make the square blue" \
-  -p "move the triangle to the bottom right" \
-  -p "make the circle large" \
-  -p "remove the square" "$@"
+  -p "add a small red circle at the top left" \
+  -p "make the yellow square blue" \
+  -p "move the green triangle to the bottom right" \
+  -p "make the red circle large" \
+  -p "remove the blue square" "$@"
