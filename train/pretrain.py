@@ -226,23 +226,35 @@ class Objective:
     def encode_frames(self, sessions: list[ComposedSession], device) -> list[torch.Tensor]:
         """VAE latents (N_b, h, w, C) per session. The autoencoder is frozen, so each distinct image is
         encoded once and its latent cached (keyed by a digest of its pixels)."""
+        flat = self._encode([img for s in sessions for img in s.images], device)  # one encoder batch per step
+        out, i = [], 0
+        for s in sessions:
+            out.append(torch.stack(flat[i: i + len(s.images)]))
+            i += len(s.images)
+        return out
+
+    @torch.no_grad()
+    def blank_latents(self, sessions: list[ComposedSession], device) -> list[torch.Tensor]:
+        """Per session, the latent of an all-black frame of its size: the residual base of its mask
+        targets for ``source_residual`` models (see ``VincieModel.blank_latent``)."""
+        return self._encode([np.zeros_like(s.images[0]) for s in sessions], device)
+
+    def _encode(self, images: list[np.ndarray], device) -> list[torch.Tensor]:
         from PIL import Image
 
-        keys = [[hashlib.blake2b(img.tobytes(), digest_size=16).digest() for img in s.images] for s in sessions]
-        todo = {}
-        for s, ks in zip(sessions, keys):
-            for img, k in zip(s.images, ks):
-                if k not in self.latent_cache:
-                    todo[k] = img
+        keys = [hashlib.blake2b(img.tobytes() + bytes(str(img.shape), "ascii"), digest_size=16).digest() for img in images]
+        todo = {k: img for k, img in zip(keys, images) if k not in self.latent_cache}
         if todo:
             pixels = preprocess([Image.fromarray(img) for img in todo.values()], self.resolution) \
                 if len({img.shape for img in todo.values()}) == 1 else \
                 torch.cat([preprocess([Image.fromarray(img)], self.resolution) for img in todo.values()])
             latents = self.vae.encode_images(pixels.to(device, self.vae.dtype), sample=False).float()
             if len(self.latent_cache) + len(todo) > self.max_cached:
+                kept = {k: self.latent_cache[k] for k in keys if k in self.latent_cache}
                 self.latent_cache.clear()
+                self.latent_cache.update(kept)
             self.latent_cache.update(zip(todo, latents))
-        return [torch.stack([self.latent_cache[k] for k in ks]) for ks in keys]
+        return [self.latent_cache[k] for k in keys]
 
     def fused_prompts(self, texts: list[list[str]], device) -> list[list[torch.Tensor]]:
         """Per session, per prompt j: [turn id j ; text states] (ids follow the official seq_concat)."""
@@ -269,16 +281,24 @@ class Objective:
                                                       shift=c.timestep_shift, uniform=c.timestep_uniform,
                                                       top=c.timestep_top).to(device)
 
+    def _residual_bases(self, sessions, device) -> list[torch.Tensor | None]:
+        """Per session, the blank latent mask targets are residuals of (``source_residual`` only)."""
+        if self.dit.config.prediction != "source_residual":
+            return [None] * len(sessions)
+        return self.blank_latents(sessions, device)
+
     def _block_causal_loss(self, sessions, latents, rng, device) -> torch.Tensor:
         fused = self.fused_prompts([s.prompts for s in sessions], device)
         sequences = []
-        for s, lat, prompts in zip(sessions, latents, fused):
+        for s, lat, prompts, blank in zip(sessions, latents, fused, self._residual_bases(sessions, device)):
             n = len(s.prompts)
             targets = s.targets
             t = self._timesteps(len(targets), rng, device)
             noise = torch.randn((len(targets),) + tuple(lat.shape[1:]), generator=rng).to(device)
             nulls = [prompts[n + k - 1] if k in s.text_dropped else None for k in targets]
-            sequences.append(bc.TrainingSequence(lat, prompts[:n], s.sources, targets, t, noise, nulls, set(s.dropped)))
+            bases = [None if s.kinds[k] == FrameKind.IMAGE else blank for k in targets]
+            sequences.append(bc.TrainingSequence(lat, prompts[:n], s.sources, targets, t, noise, nulls, set(s.dropped),
+                                                 bases))
         packed = bc.pack_training(self.dit, self.sampler, sequences)
         packed = dataclasses.replace(packed, **{f: getattr(packed, f).to(device) for f in
                                                 ("vid", "txt", "velocity", "x_t", "x0", "source", "row_timesteps")})
@@ -319,9 +339,10 @@ class Objective:
             view_latents.append(lat[keep])
         fused = self.fused_prompts([v.prompts for v, _ in views], device)
         vids, shapes, txts, lens, t_all, targets_v, rows = [], [], [], [], [], [], []
-        xts, x0s, conds = [], [], []
+        xts, x0s, bases = [], [], []
         row = 0
         t = self._timesteps(len(views), rng, device)
+        blanks = self._residual_bases([v for v, _ in views], device)
         for b, ((view, drop_text), lat, prompts) in enumerate(zip(views, view_latents, fused)):
             n = len(view.prompts)
             texts = prompts[:n - 1] + [prompts[n + n - 1] if drop_text else prompts[n - 1]]
@@ -333,7 +354,8 @@ class Objective:
             vids.append(torch.cat((xt, cond), -1).reshape(-1, 2 * x0.shape[-1] + 1))
             xts.append(xt.reshape(-1, x0.shape[-1]))
             x0s.append(x0.reshape(-1, x0.shape[-1]))
-            conds.append(cond.reshape(-1, x0.shape[-1] + 1))
+            mask_target = view.kinds[-1] != FrameKind.IMAGE and blanks[b] is not None
+            bases.append((blanks[b] if mask_target else cond[-1, ..., :-1]).reshape(-1, x0.shape[-1]))
             shapes.append(list(x0.shape[:3]))
             txt = torch.cat(texts)
             txts.append(txt)
@@ -347,7 +369,7 @@ class Objective:
         prediction = self.dit.config.prediction
         if prediction == "velocity":
             return F.mse_loss(out[rows].float(), torch.cat(targets_v).float())
-        source = torch.cat(conds)[rows, :-1]
+        source = torch.cat(bases)  # the target rows' residual bases, in row order
         x_t, x0 = torch.cat(xts)[rows], torch.cat(x0s)[rows]
         row_t = torch.cat([t[b].expand(s[0] * s[1] * s[2]) for b, s in enumerate(shapes)])[rows]
         clamp = self.config.min_sigma

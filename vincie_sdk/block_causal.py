@@ -46,6 +46,8 @@ class TrainingSequence:
             only (text dropout for classifier-free guidance).
         dropped: clean context frames hidden from every later block (context dropout), except from
             the targets that are generated from them.
+        residual_bases: per target, None or the latent a ``source_residual`` output is added to
+            instead of the source (a blank frame for mask targets; see ``DiTConfig.prediction``).
     """
 
     latents: torch.Tensor
@@ -56,6 +58,7 @@ class TrainingSequence:
     noise: torch.Tensor
     null_prompts: list[torch.Tensor | None] = field(default_factory=list)
     dropped: set[int] = field(default_factory=set)
+    residual_bases: list[torch.Tensor | None] = field(default_factory=list)
 
 
 @dataclass
@@ -118,8 +121,10 @@ def build_training_sequence(seq: TrainingSequence, sampler, patch: tuple[int, in
         xt = sampler.add_noise(x0, seq.noise[j], t)
         xts.append(xt)
         velocities.append(sampler.velocity_target(x0, seq.noise[j]))
-        sources.append(seq.latents[seq.sources[k - 1]])
-        chans.append(_frame_channels(xt, sources[-1]))
+        source = seq.latents[seq.sources[k - 1]]
+        chans.append(_frame_channels(xt, source))
+        base = seq.residual_bases[j] if seq.residual_bases else None
+        sources.append(source if base is None else base)
         vpos.append(video_positions(1, gh, gw, offset=k))
         block_of_token += [("N", j)] * per_frame
 
@@ -332,11 +337,12 @@ def prompt_cache(model: VincieTransformer, history: CachedHistory, prompts: list
 @torch.no_grad()
 def denoise_next_frame(model: VincieTransformer, sampler, prefixes: list[KVCache], source: torch.Tensor,
                        noise: torch.Tensor, frame_index: int, *, steps: int | None = None, cfg_scale: float = 1.0,
-                       callback=None) -> torch.Tensor:
+                       callback=None, residual_base: torch.Tensor | None = None) -> torch.Tensor:
     """Sample frame ``frame_index`` (h, w, C) given cached prefixes [with instruction (, with null prompt)].
 
     With two prefixes the second is the unconditional branch of classifier-free guidance; both run as
-    one packed forward per step.
+    one packed forward per step. ``residual_base``: what a ``source_residual`` output is added to, if
+    not ``source`` (a blank frame for masks).
     """
     device = noise.device
     h, w, _ = noise.shape
@@ -351,7 +357,8 @@ def denoise_next_frame(model: VincieTransformer, sampler, prefixes: list[KVCache
         scale = sampler.guidance_scale(i, n) if cfg_scale is None else (cfg_scale if (i + 1) / n <= sampler.config.cfg_partial else 1.0)
         use = prefixes if guided and scale != 1.0 else prefixes[:1]
         out, _ = _run_block(model, use, [chans] * len(use), [None] * len(use), [pos] * len(use), t, False)
-        v = sampler.velocity(out.float().reshape(len(use), h, w, -1), x, source, t, model.config.prediction)
+        v = sampler.velocity(out.float().reshape(len(use), h, w, -1), x, source if residual_base is None else residual_base,
+                             t, model.config.prediction)
         v = sampler.guide(v[0], v[1], scale) if len(use) > 1 else v[0]
         x = sampler.step(x, v, t, timesteps[i + 1] if i + 1 < n else None)
         if callback is not None:

@@ -27,6 +27,8 @@ class PackedInputs:
         vid_shape: (B, 3) latent (T, H, W) per sample.
         txt_pos, txt_pos_shape: fused positive text (sum_b l_b, txt_dim) and (B, 1) lengths.
         txt_neg, txt_neg_shape: the same for the negative prompt (used when guidance is on).
+        residual_base: (sum_b L_b, C) what a ``source_residual`` output is added to (default: the
+            condition latents; a blank frame on a mask target).
     """
 
     noise: torch.Tensor
@@ -36,6 +38,7 @@ class PackedInputs:
     txt_pos_shape: torch.Tensor
     txt_neg: torch.Tensor | None = None
     txt_neg_shape: torch.Tensor | None = None
+    residual_base: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -72,7 +75,9 @@ def denoise(dit: VincieTransformer, sampler: FlowMatchSampler, inputs: PackedInp
     prediction = dit.config.prediction
     # source_residual: every frame's condition holds its source (context frames: themselves; the target:
     # the image it edits, see pipeline.build_condition).
-    source = inputs.condition[:, :-1].float() if prediction != "velocity" else None
+    source = None
+    if prediction != "velocity":
+        source = (inputs.condition[:, :-1] if inputs.residual_base is None else inputs.residual_base).float()
     x = inputs.noise.float()
     for i, t in enumerate(timesteps):
         t_batch = t.expand(batch)

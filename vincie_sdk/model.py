@@ -264,6 +264,18 @@ class VincieModel:
         return vae.encode_images(images.to(self.device, vae.dtype), generator=generator).float()
 
     @torch.no_grad()
+    def blank_latent(self, height: int, width: int) -> torch.Tensor:
+        """DiT-space latent (h, w, C) of an all-black frame of ``height`` x ``width`` pixels: an empty
+        region mask. A ``source_residual`` model predicts masks as residuals of it, so that "nothing"
+        is the zero output for masks as "unchanged" is for images.
+
+        >>> model.blank_latent(64, 64).shape  # doctest: +SKIP
+        torch.Size([16, 16, 48])
+        """
+        black = -torch.ones(1, 3, height, width, device=self.device)
+        return self.encode_images(black, generator=torch.Generator(device=self.device).manual_seed(0))[0]
+
+    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """DiT-space latents (N, h, w, C) → (N, 3, 8h, 8w) in about [-1, 1] (not clamped)."""
         return self.vae.decode_images(latents.to(self.device, self.vae.dtype)).float()

@@ -26,12 +26,15 @@ class FrameRequest:
         seed: noise seed; the noise of all T+1 frames is drawn at once, as the official code does.
         source: index of the context frame the new frame is generated from (the image it edits); only
             models with ``prediction="source_residual"`` use it. ``None`` = the last context frame.
+        residual_base: (h, w, C) latent a ``source_residual`` output is added to instead of the
+            source (``VincieModel.blank_latent`` for a mask); ``None`` = the source.
     """
 
     context_latents: torch.Tensor
     prompts: list[str]
     seed: int
     source: int | None = None
+    residual_base: torch.Tensor | None = None
 
 
 def draw_noise(shape: tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
@@ -75,20 +78,26 @@ def pack_requests(model: VincieModel, requests: list[FrameRequest], negative_pro
     device = model.device
     unique = sorted({p for r in requests for p in r.prompts} | ({negative_prompt} if negative_prompt is not None else set()))
     table = dict(zip(unique, model.encode_prompts(unique, use_cache=use_cache)))
-    noises, conds, shapes, txts, txt_lens = [], [], [], [], []
+    noises, conds, shapes, txts, txt_lens, bases = [], [], [], [], [], []
     for r in requests:
         t, h, w, c = r.context_latents.shape
         if len(r.prompts) != t:
             raise ValueError(f"a request with {t} context frames needs {t} prompts, got {len(r.prompts)}")
         noises.append(draw_noise((t + 1, h, w, c), r.seed, device).reshape(-1, c))
         source = (t - 1 if r.source is None else r.source) if model.config.dit.prediction == "source_residual" else None
-        conds.append(build_condition(r.context_latents.to(device).float(), source).reshape(-1, c + 1))
+        cond = build_condition(r.context_latents.to(device).float(), source)
+        conds.append(cond.reshape(-1, c + 1))
+        base = cond[..., :-1].clone()
+        if r.residual_base is not None:
+            base[t] = r.residual_base.to(device).float()
+        bases.append(base.reshape(-1, c))
         shapes.append([t + 1, h, w])
         txt = fuse_prompts(model, [table[p] for p in r.prompts])
         txts.append(txt)
         txt_lens.append([txt.shape[0]])
     inputs = PackedInputs(noise=torch.cat(noises), condition=torch.cat(conds),
-                          vid_shape=torch.tensor(shapes), txt_pos=torch.cat(txts), txt_pos_shape=torch.tensor(txt_lens))
+                          vid_shape=torch.tensor(shapes), txt_pos=torch.cat(txts), txt_pos_shape=torch.tensor(txt_lens),
+                          residual_base=torch.cat(bases) if any(r.residual_base is not None for r in requests) else None)
     if negative_prompt is not None:
         neg = torch.cat((model.dit.embed_prompt_ids(torch.zeros(1, dtype=torch.long, device=device)).float(),
                          table[negative_prompt].float()))

@@ -282,10 +282,13 @@ class Session:
         seed = self.settings.seed if seed is None else seed
         cfg_scale = self.settings.cfg_scale if cfg_scale is None else cfg_scale
         steps = steps or self.settings.steps
+        base = None
+        if kind != FrameKind.IMAGE and self.model.config.dit.prediction == "source_residual":
+            base = self.model.blank_latent(*self.size[::-1])  # a mask is a residual of an empty mask
         if self.model.config.dit.attention == "block_causal":
-            latent = self._sample_block_causal(prompt, src, steps, cfg_scale, seed, callback)
+            latent = self._sample_block_causal(prompt, src, steps, cfg_scale, seed, callback, base)
         else:
-            latent = self._sample_full(prompt, src, steps, cfg_scale, seed, callback)
+            latent = self._sample_full(prompt, src, steps, cfg_scale, seed, callback, base)
         decoded = self.model.decode_latents(latent[None])[0]
         exact = self.settings.exact_official
         if exact:
@@ -298,15 +301,15 @@ class Session:
         self.frames.append(frame)
         return frame
 
-    def _sample_full(self, prompt: str, src: int, steps, cfg_scale, seed, callback) -> torch.Tensor:
+    def _sample_full(self, prompt: str, src: int, steps, cfg_scale, seed, callback, base) -> torch.Tensor:
         """Official layout: all frames in one sequence, context as condition channels."""
         exact = self.settings.exact_official
-        request = FrameRequest(self._context_latents(), [f.prompt for f in self.frames[1:]] + [prompt], seed, src)
+        request = FrameRequest(self._context_latents(), [f.prompt for f in self.frames[1:]] + [prompt], seed, src, base)
         return generate(self.model, [request], steps=steps, cfg_scale=cfg_scale,
                         negative_prompt=self._opt("negative_prompt"), batch_cfg=not exact, use_cache=not exact,
                         callback=callback)[0]
 
-    def _sample_block_causal(self, prompt: str, src: int, steps, cfg_scale, seed, callback) -> torch.Tensor:
+    def _sample_block_causal(self, prompt: str, src: int, steps, cfg_scale, seed, callback, base) -> torch.Tensor:
         """Block-causal layout: the clean history comes from the KV cache; only the new frame is run."""
         from .sampler import FlowMatchSampler
 
@@ -320,7 +323,7 @@ class Session:
         source = self.frames[src].latent
         noise = draw_noise(tuple(source.shape), seed, model.device)
         return bc.denoise_next_frame(dit, FlowMatchSampler(model.config.sampler), prefixes, source, noise, k,
-                                     steps=steps, cfg_scale=scale, callback=callback)
+                                     steps=steps, cfg_scale=scale, callback=callback, residual_base=base)
 
     def _fused_prompt(self, text: str, turn_id: int) -> torch.Tensor:
         embed = self.model.encode_prompts([text])[0]

@@ -149,3 +149,33 @@ def test_source_residual_training_loss_is_zero_for_a_copy(bc_model):
     err = (packed.velocity_of(zero, sampler, "source_residual", 0.25)
            - packed.velocity_target(sampler, "source_residual", 0.25)).pow(2).reshape(2, -1).mean(1)
     assert err[1] < 1e-10 and err[0] > 0.1  # frame 1 differs from frame 0, frame 2 is a copy
+
+
+def test_source_residual_masks_are_residuals_of_an_empty_mask(source_image):
+    """Masks are predicted as residuals of a black frame, not of the image: a zero output gives an empty
+    mask (and still a copy for images), in both attention variants, through the Session API."""
+    from vincie_sdk.config import SHAPES  # pixel space: a black frame decodes to exactly black
+
+    for attention in ("block_causal", "full"):
+        config = dataclasses.replace(SHAPES, dit=dataclasses.replace(SHAPES.dit, attention=attention, vid_dim=64,
+                                                                      heads=1, num_layers=2, mm_layers=1))
+        model = VincieModel.from_random(config, seed=3)
+        torch.nn.init.zeros_(model.dit.vid_out.proj.weight)
+        torch.nn.init.zeros_(model.dit.vid_out.proj.bias)
+        s = Session(model, source_image, seed=1, steps=3)
+        mask = np.asarray(s.predict_mask("remove the red circle", "current").convert("L"))
+        assert mask.max() == 0, attention  # nothing marked
+        blank = model.blank_latent(*s.size[::-1])
+        black = model.decode_latents(blank[None])[0]
+        assert float(black.max()) < -0.99  # the base decodes to black
+        # Training uses the same base: with target = the blank latent, a zero output has zero loss.
+        sampler = FlowMatchSampler(config.sampler)
+        g = torch.Generator().manual_seed(0)
+        image = model.encode_images(torch.rand(1, 3, *s.size[::-1], generator=g) * 2 - 1)[0]
+        seq = bc.TrainingSequence(torch.stack((image, blank)), [torch.randn(3, config.dit.txt_in_dim, generator=g)], [0], [1],
+                                  torch.tensor([900.0]), torch.randn((1,) + tuple(blank.shape), generator=g),
+                                  residual_bases=[blank])
+        packed = bc.pack_training(model.dit, sampler, [seq])
+        zero = torch.zeros_like(packed.velocity)
+        err = (packed.velocity_of(zero, sampler, "source_residual") - packed.velocity_target(sampler, "source_residual"))
+        assert float(err.abs().max()) < 1e-5
