@@ -688,6 +688,20 @@ def export_model(model: VincieModel, ema: EMA, folder: Path) -> Path:
     return exported.save_pretrained(folder)
 
 
+def _first_turns(model: VincieModel, pool: SessionPool, sessions: int):
+    """The first turns of a few pool sessions (spread over the pool) as plain NIP samples, for the
+    checks below: (composed sessions, sampler, latents, fused prompts)."""
+    records = [r for r in pool.sessions[:: max(1, len(pool.sessions) // sessions)][:sessions]]
+    plain = CompositionConfig(roe_prob=0.0, drop_current_frame=0.0, text_drop=0.0, word_drop=0.0)
+    composed = [compose(SessionRecord(r.key, r.frames[:2], r.turns[:1], r.provenance), np.random.default_rng(0), plain)
+                for r in records]
+    sampler = FlowMatchSampler(model.config.sampler)
+    objective = Objective(model.dit, model.vae, model.text_encoder, sampler, TrainConfig(), model.config.session.resolution)
+    latents = objective.encode_frames(composed, model.device)
+    prompts = [p[0] for p in objective.fused_prompts([c.prompts for c in composed], model.device)]
+    return composed, sampler, latents, prompts
+
+
 @torch.no_grad()
 def text_sensitivity(model: VincieModel, pool: SessionPool, sessions: int = 6, t: float = 600.0) -> float | None:
     """Is the model reading its instructions? The mean change of the DiT output on the first turn of a few
@@ -698,14 +712,7 @@ def text_sensitivity(model: VincieModel, pool: SessionPool, sessions: int = 6, t
     """
     if model.dit.config.attention != "block_causal":
         return None
-    records = [r for r in pool.sessions[:: max(1, len(pool.sessions) // sessions)][:sessions]]
-    plain = CompositionConfig(roe_prob=0.0, drop_current_frame=0.0, text_drop=0.0, word_drop=0.0)
-    composed = [compose(SessionRecord(r.key, r.frames[:2], r.turns[:1], r.provenance), np.random.default_rng(0), plain)
-                for r in records]
-    sampler = FlowMatchSampler(model.config.sampler)
-    objective = Objective(model.dit, model.vae, model.text_encoder, sampler, TrainConfig(), model.config.session.resolution)
-    latents = objective.encode_frames(composed, model.device)
-    own = [p[0] for p in objective.fused_prompts([c.prompts for c in composed], model.device)]
+    composed, sampler, latents, own = _first_turns(model, pool, sessions)
     other = own[1:] + own[:1]
     g = torch.Generator().manual_seed(0)
     outs = []
@@ -729,14 +736,7 @@ def copy_error(model: VincieModel, pool: SessionPool, sessions: int = 6, ts: tup
     """
     if model.dit.config.attention != "block_causal":
         return None
-    records = [r for r in pool.sessions[:: max(1, len(pool.sessions) // sessions)][:sessions]]
-    plain = CompositionConfig(roe_prob=0.0, drop_current_frame=0.0, text_drop=0.0, word_drop=0.0)
-    composed = [compose(SessionRecord(r.key, r.frames[:2], r.turns[:1], r.provenance), np.random.default_rng(0), plain)
-                for r in records]
-    sampler = FlowMatchSampler(model.config.sampler)
-    objective = Objective(model.dit, model.vae, model.text_encoder, sampler, TrainConfig(), model.config.session.resolution)
-    latents = objective.encode_frames(composed, model.device)
-    prompts = [p[0] for p in objective.fused_prompts([c.prompts for c in composed], model.device)]
+    composed, sampler, latents, prompts = _first_turns(model, pool, sessions)
     g = torch.Generator().manual_seed(0)
     errors = {}
     for t in ts:
