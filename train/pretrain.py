@@ -55,6 +55,9 @@ class DataConfig:
     # and zooms change every pixel; a small model on a short budget learns local edits faster without
     # them (the shapes recipe; the paper keeps them, with camera tags).
     camera_moves: bool = True
+    # Keep only turns of these categories (``TurnRecord.category``; sessions are split at the others).
+    # Empty = all. For a curriculum: e.g. local edits first, then everything.
+    categories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ class TrainConfig(ObjectiveConfig):
         if "data" in data:
             d = dict(data["data"])
             d["shards"] = tuple(d.get("shards", ()))
+            d["categories"] = tuple(d.get("categories", ()))
             data["data"] = DataConfig(**d)
         if "composition" in data:
             data["composition"] = CompositionConfig(**data["composition"])
@@ -137,18 +141,23 @@ class TrainConfig(ObjectiveConfig):
 # Data
 # ----------------------------------------------------------------------------------------------
 
-def static_camera_parts(record: SessionRecord) -> list[SessionRecord]:
-    """The maximal runs of consecutive static-camera turns of a session, each as a session."""
+def kept_parts(record: SessionRecord, keep) -> list[SessionRecord]:
+    """The maximal runs of consecutive turns with ``keep(turn)`` true, each as a session."""
     parts, start = [], None
     for i, turn in enumerate(record.turns + [None]):
-        static = turn is not None and (turn.camera or CAMERA_NONE) == CAMERA_NONE
-        if static and start is None:
+        kept = turn is not None and keep(turn)
+        if kept and start is None:
             start = i
-        elif not static and start is not None:
+        elif not kept and start is not None:
             parts.append(SessionRecord(f"{record.key}-{start}", record.frames[start: i + 1], record.turns[start: i],
                                        record.provenance))
             start = None
     return parts
+
+
+def static_camera_parts(record: SessionRecord) -> list[SessionRecord]:
+    """The maximal runs of consecutive static-camera turns of a session, each as a session."""
+    return kept_parts(record, lambda turn: (turn.camera or CAMERA_NONE) == CAMERA_NONE)
 
 
 class SessionPool:
@@ -174,6 +183,13 @@ class SessionPool:
             self.sessions = [part for s in self.sessions for part in static_camera_parts(s)]
             if not self.sessions:
                 raise ValueError(f"no static-camera turns in {list(config.shards)} (data.camera_moves: false)")
+        if config.categories:
+            wanted = set(config.categories)
+            self.sessions = [part for s in self.sessions for part in kept_parts(s, lambda t: t.category in wanted)]
+            if not self.sessions:
+                found = sorted({t.category for s in self.corpus for t in s.turns})
+                raise ValueError(f"no turns of categories {sorted(wanted)} in {list(config.shards)} "
+                                 f"(data.categories); the shards have {found}")
         self.config = config
         log.info("loaded %d sessions from %s", len(self.sessions), list(config.shards))
 

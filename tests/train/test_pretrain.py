@@ -158,6 +158,23 @@ def test_static_camera_parts_split_sessions_at_camera_moves():
     assert [[int(f[0, 0, 0]) for f in p.frames] for p in parts] == [[0, 1], [2, 3, 4]]
 
 
+def test_categories_filter_keeps_runs_of_wanted_turns(tmp_path):
+    from vincie_train.data.format import ShardWriter
+    from vincie_train.pretrain import SessionPool
+
+    frames = [np.full((4, 4, 3), i, np.uint8) for i in range(6)]
+    cats = ["remove", "lighting", "recolor", "remove", "multi"]
+    record = SessionRecord("s", frames, [TurnRecord(instruction=f"i{k}", category=c) for k, c in enumerate(cats)])
+    with ShardWriter(tmp_path / "s.tar") as w:
+        w.write(record)
+    pool = SessionPool(TrainConfig.from_dict({"data": {"shards": [str(tmp_path / "s.tar")],
+                                                       "categories": ["remove", "recolor"]}}).data)
+    assert [p.instructions for p in pool.sessions] == [["i0"], ["i2", "i3"]]
+    assert len(pool.corpus) == 1 and len(pool.corpus[0].turns) == 5  # the vocabulary still sees everything
+    with pytest.raises(ValueError, match=r"no turns of categories \['resize'\].*'lighting'"):
+        SessionPool(DataConfig(shards=(str(tmp_path / "s.tar"),), categories=("resize",)))
+
+
 def test_fresh_text_encoder_tells_words_apart():
     """A fresh embedded-model text encoder must give clearly different states for different words, or the
     DiT never learns to read instructions (the LM default embedding scale drowns them)."""
