@@ -87,17 +87,18 @@ def pack_requests(model: VincieModel, requests: list[FrameRequest], negative_pro
         source = (t - 1 if r.source is None else r.source) if model.config.dit.prediction == "source_residual" else None
         cond = build_condition(r.context_latents.to(device).float(), source)
         conds.append(cond.reshape(-1, c + 1))
-        base = cond[..., :-1].clone()
-        if r.residual_base is not None:
-            base[t] = r.residual_base.to(device).float()
-        bases.append(base.reshape(-1, c))
+        if any(q.residual_base is not None for q in requests):  # else the condition latents are the base
+            base = cond[..., :-1].clone()
+            if r.residual_base is not None:
+                base[t] = r.residual_base.to(device).float()
+            bases.append(base.reshape(-1, c))
         shapes.append([t + 1, h, w])
         txt = fuse_prompts(model, [table[p] for p in r.prompts])
         txts.append(txt)
         txt_lens.append([txt.shape[0]])
     inputs = PackedInputs(noise=torch.cat(noises), condition=torch.cat(conds),
                           vid_shape=torch.tensor(shapes), txt_pos=torch.cat(txts), txt_pos_shape=torch.tensor(txt_lens),
-                          residual_base=torch.cat(bases) if any(r.residual_base is not None for r in requests) else None)
+                          residual_base=torch.cat(bases) if bases else None)
     if negative_prompt is not None:
         neg = torch.cat((model.dit.embed_prompt_ids(torch.zeros(1, dtype=torch.long, device=device)).float(),
                          table[negative_prompt].float()))
