@@ -3,7 +3,7 @@
 # into vincie_sdk/weights/vincie-shapes. Every stage resumes where it stopped: re-run the script after
 # an interruption. About 3 hours on a 2-core CPU (minutes on a GPU).
 #
-#   scripts/train_embedded.sh [--set KEY=VALUE ...]     (extra args go to the pretraining stage)
+#   scripts/train_embedded.sh [--set KEY=VALUE ...]     (extra args go to both pretraining stages)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="$(bash scripts/setup.sh | tail -n 1)"
@@ -12,8 +12,10 @@ VINCIE="$VENV/bin/vincie"
 # 1. Synthetic videos, then sessions built from them by the data pipeline (exact annotations and masks).
 [ -f data/shapes-videos/.done ] || { "$VINCIE" data synth --out data/shapes-videos --videos 4000 --seed 0 && touch data/shapes-videos/.done; }
 "$VINCIE" data build --videos data/shapes-videos --out data/shapes-shards --videos-per-shard 50
-# 2. Pretraining with NIP + CSP + NSP (block-causal), then install the EMA weights.
+# 2. Pretraining with NIP + CSP + NSP (block-causal) in two stages of one run (local edits in short
+#    sessions, then everything static-camera in sessions of up to 5 turns), then install the EMA weights.
 "$VINCIE" train train/configs/shapes_pretrain.yaml "$@"
+"$VINCIE" train train/configs/shapes_pretrain_stage2.yaml "$@"
 # The DiT is stored in float16 (15 MB instead of 30; loading casts it back to float32 on a CPU).
 "$VENV/bin/python" -c "from vincie_train.embedded import install; install('runs/shapes-pretrain/model', 'vincie_sdk/weights/vincie-shapes')"
 echo "installed vincie_sdk/weights/vincie-shapes"

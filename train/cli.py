@@ -220,11 +220,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     path = Path(args.config)
     if not path.is_file():
         raise FileNotFoundError(f"train config not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _apply_overrides(yaml.safe_load(path.read_text()) or {}, args.set)
     stage = raw.pop("stage", "pretrain")
-    for override in args.set or []:
-        key, _, value = override.partition("=")
-        raw[key] = yaml.safe_load(value)
     if stage == "autoencoder":
         from .autoencoder import AutoencoderTrainConfig, train_autoencoder
 
@@ -246,7 +243,7 @@ def _add_train(subparsers) -> None:
                      "Example: vincie train train/configs/shapes_pretrain.yaml --set max_minutes=60"),
     )
     p.add_argument("config", help="YAML config (keys of vincie_train.pretrain.TrainConfig, or stage: autoencoder)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a top-level config key (YAML value)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (YAML value); dotted keys reach sections, e.g. data.max_turns=2")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
