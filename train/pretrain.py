@@ -89,6 +89,9 @@ class TrainConfig(ObjectiveConfig):
     preset: str = "vincie-shapes"  # architecture to train (vincie_sdk.config preset)
     attention: str | None = None  # override the preset's variant: "full" or "block_causal"
     prediction: str | None = None  # override the preset's output: "velocity" or "source_residual"
+    # Override the preset's DiT patch (t, h, w) in latent pixels: the token size. Fresh models only (it
+    # changes the DiT's shapes); the exported config records it.
+    patch_size: tuple[int, int, int] | None = None
     init: str | None = None  # a model folder to start from (e.g. the trained autoencoder + fresh DiT)
     vae: str | None = None  # folder with vae.safetensors (+ vae_config.json) for a fresh model
     train_text_encoder: bool = True
@@ -125,6 +128,8 @@ class TrainConfig(ObjectiveConfig):
             data["data"] = DataConfig(**d)
         if "composition" in data:
             data["composition"] = CompositionConfig(**data["composition"])
+        if data.get("patch_size") is not None:
+            data["patch_size"] = tuple(data["patch_size"])
         return cls(**data)
 
     @classmethod
@@ -485,7 +490,10 @@ def build_model(config: TrainConfig, pool: "SessionPool") -> VincieModel:
 
         vocab = prompt_vocabulary((t.instruction for r in pool.corpus for t in r.turns),
                                   (t.camera for r in pool.corpus for t in r.turns))
-        model = fresh_model(get_preset(config.preset), vae_dir=config.vae, vocab=vocab, seed=config.seed)
+        preset = get_preset(config.preset)
+        if config.patch_size:
+            preset = preset.replace(dit=dataclasses.replace(preset.dit, patch_size=tuple(config.patch_size)))
+        model = fresh_model(preset, vae_dir=config.vae, vocab=vocab, seed=config.seed)
     overrides = {k: v for k, v in (("attention", config.attention), ("prediction", config.prediction))
                  if v and v != getattr(model.config.dit, k)}
     if overrides:

@@ -267,3 +267,14 @@ def test_text_sensitivity_is_zero_when_the_text_path_is_cut():
     assert text_sensitivity(model, pool) < 1e-6
     full = dataclasses.replace(MICRO, dit=dataclasses.replace(MICRO.dit, attention="full"))
     assert text_sensitivity(VincieModel.from_random(full, seed=0), pool) is None
+
+
+def test_patch_size_override_sets_the_token_size_of_a_fresh_model(tmp_path, shard):
+    cfg = TrainConfig.from_dict({**dataclasses.asdict(_config(tmp_path, shard, max_steps=3, threads=1)),
+                                 "data": {"shards": [str(shard)], "max_turns": 2}, "composition": {},
+                                 "patch_size": [1, 1, 1]})
+    assert cfg.patch_size == (1, 1, 1)
+    model = VincieModel.from_pretrained(train(cfg, progress=False))
+    assert model.config.dit.patch_size == (1, 1, 1) != MICRO.dit.patch_size
+    img = Session(model, _record(np.random.default_rng(5)).frames[0], steps=2).edit("add a red circle")
+    assert img.size == (32, 32)
