@@ -79,6 +79,7 @@ def pack_requests(model: VincieModel, requests: list[FrameRequest], negative_pro
     unique = sorted({p for r in requests for p in r.prompts} | ({negative_prompt} if negative_prompt is not None else set()))
     table = dict(zip(unique, model.encode_prompts(unique, use_cache=use_cache)))
     noises, conds, shapes, txts, txt_lens, bases = [], [], [], [], [], []
+    with_bases = any(r.residual_base is not None for r in requests)  # else the condition latents are the base
     for r in requests:
         t, h, w, c = r.context_latents.shape
         if len(r.prompts) != t:
@@ -87,7 +88,7 @@ def pack_requests(model: VincieModel, requests: list[FrameRequest], negative_pro
         source = (t - 1 if r.source is None else r.source) if model.config.dit.prediction == "source_residual" else None
         cond = build_condition(r.context_latents.to(device).float(), source)
         conds.append(cond.reshape(-1, c + 1))
-        if any(q.residual_base is not None for q in requests):  # else the condition latents are the base
+        if with_bases:
             base = cond[..., :-1].clone()
             if r.residual_base is not None:
                 base[t] = r.residual_base.to(device).float()
