@@ -107,10 +107,10 @@ def build_training_sequence(seq: TrainingSequence, sampler, patch: tuple[int, in
     gh, gw = h // ph, w // pw
     per_frame = gh * gw
 
-    # Video stream: clean F0..FN, then the noisy targets.
-    chans, vpos, order, visible_to = [], [], [], []
+    # Video stream: the clean frames some target can see, then the noisy targets.
+    chans, vpos = [], []
     block_of_token: list[tuple[str, int]] = []
-    for k in range(n_frames):
+    for k in seen_clean_frames(seq):
         chans.append(_frame_channels(seq.latents[k], None))
         vpos.append(video_positions(1, gh, gw, offset=k))
         block_of_token += [("F", k)] * per_frame
@@ -150,12 +150,22 @@ def build_training_sequence(seq: TrainingSequence, sampler, patch: tuple[int, in
         "txt": torch.cat(tokens) if tokens else seq.latents.new_zeros(0, seq.prompts[0].shape[-1]),
         "positions": (torch.cat(vpos), torch.cat(tpos) if tpos else seq.latents.new_zeros(0, 3)),
         "mask": mask,
-        "n_clean": n_frames,
+        "n_clean": len(chans) - len(seq.targets),
         "velocity": torch.stack(velocities) if velocities else seq.latents.new_zeros(0, h, w, c),
         "x_t": torch.stack(xts) if xts else seq.latents.new_zeros(0, h, w, c),
         "x0": seq.latents[list(seq.targets)],
         "source": torch.stack(sources) if sources else seq.latents.new_zeros(0, h, w, c),
     }
+
+
+def seen_clean_frames(seq: TrainingSequence) -> list[int]:
+    """Clean frames that can affect a noisy target: those before the last target that are not dropped,
+    plus every target's source. The rest (the last frame; dropped masks) are visible to no noisy block,
+    directly or through another clean block, so leaving them out changes no output and saves their
+    compute (a third of a single-turn sample)."""
+    last = max(seq.targets, default=0)
+    needed = {k for k in range(last) if k not in seq.dropped} | {seq.sources[k - 1] for k in seq.targets}
+    return sorted(needed)
 
 
 def block_causal_mask(blocks: list[tuple[str, int]], seq: TrainingSequence) -> torch.Tensor:

@@ -76,6 +76,23 @@ def test_context_dropout_hides_frames(bc_model):
     assert torch.allclose(bc.training_velocity(dit, bc.pack_training(dit, sampler, [other])), base, atol=1e-5)
 
 
+def test_unseen_clean_frames_are_left_out_without_changing_outputs(bc_model, monkeypatch):
+    dit, sampler = bc_model.dit, FlowMatchSampler(BC_TINY.sampler)
+    # Frames 0..3; targets 1 and 2; frame 1 dropped (still the source of target 2), frame 3 after the last target.
+    seq = _sequence(dit, n_frames=4, targets=(1, 2), dropped={1}, null=[None, torch.randn(2, 32)])
+    assert bc.seen_clean_frames(seq) == [0, 1]
+    seq = dataclasses.replace(seq, sources=[0, 1, 0])  # frame 3 (a mask, say) generated from frame 0
+    seq = dataclasses.replace(seq, dropped={2})
+    assert bc.seen_clean_frames(seq) == [0, 1]  # 2 is dropped and nobody's source; 3 comes after the last target
+    pruned = bc.pack_training(dit, sampler, [seq])
+    assert pruned.vid.shape[0] == (2 + 2) * 6 * 8
+    monkeypatch.setattr(bc, "seen_clean_frames", lambda s: list(range(len(s.latents))))
+    full = bc.pack_training(dit, sampler, [seq])
+    assert full.vid.shape[0] == (4 + 2) * 6 * 8
+    a, b = bc.training_velocity(dit, pruned), bc.training_velocity(dit, full)
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
 def test_cached_equals_uncached(bc_model):
     dit, sampler = bc_model.dit, FlowMatchSampler(BC_TINY.sampler)
     seq = _sequence(dit, n_frames=3, targets=(2,), null=[None])
