@@ -102,7 +102,7 @@ def _frame_channels(x: torch.Tensor, source: torch.Tensor | None) -> torch.Tenso
 
 def build_training_sequence(seq: TrainingSequence, sampler, patch: tuple[int, int, int]) -> dict:
     """Inputs of one sample: channels, positions, block-causal mask, timestep ids, loss rows."""
-    n_frames, h, w, c = seq.latents.shape
+    _, h, w, c = seq.latents.shape
     _, ph, pw = patch
     gh, gw = h // ph, w // pw
     per_frame = gh * gw

@@ -205,9 +205,9 @@ SMALL = VincieConfig(
     session=SessionConfig(resolution=128),
 )
 
-# The embedded model: trained here, on a CPU, from synthetic video of a shapes world, at 32 px (a 4x4
-# token grid per frame). At 64 px (8x8 tokens) a step cost 3.3x more and 2,900 steps (2 hours) were not
-# enough to learn which object the words name; 32 px gives the 3-hour budget about 15,000 steps.
+# The embedded model: trained here, on a CPU, from synthetic video of a shapes world, at 32 px (an 8x8
+# token grid per frame). At 64 px a step cost 3.3x more and 2,900 steps (2 hours) were not enough to
+# learn which object the words name.
 # Block-causal with a cached history; pixel space (4x4 pixel blocks folded into 48 channels: exact,
 # nothing to train); its own word-level text encoder, trained with the DiT.
 SHAPES = VincieConfig(
