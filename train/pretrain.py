@@ -88,7 +88,7 @@ class TrainConfig(ObjectiveConfig):
     out_dir: str = "runs/pretrain"
     preset: str = "vincie-shapes"  # architecture to train (vincie_sdk.config preset)
     attention: str | None = None  # override the preset's variant: "full" or "block_causal"
-    prediction: str | None = None  # override the preset's output: "velocity" or "source_residual"
+    prediction: str | None = None  # override the preset's output: "velocity", "source_residual", "source_preconditioned"
     # Override the preset's DiT patch (t, h, w) in latent pixels: the token size. Fresh models only (it
     # changes the DiT's shapes); the exported config records it.
     patch_size: tuple[int, int, int] | None = None
@@ -257,7 +257,7 @@ class Objective:
     @torch.no_grad()
     def blank_latents(self, sessions: list[ComposedSession], device) -> list[torch.Tensor]:
         """Per session, the latent of an all-black frame of its size: the residual base of its mask
-        targets for ``source_residual`` models (see ``VincieModel.blank_latent``)."""
+        targets for residual models (see ``VincieModel.blank_latent``)."""
         return self._encode([np.zeros_like(s.images[0]) for s in sessions], device)
 
     def _encode(self, images: list[np.ndarray], device) -> list[torch.Tensor]:
@@ -303,8 +303,8 @@ class Objective:
                                                       top=c.timestep_top).to(device)
 
     def _residual_bases(self, sessions, device) -> list[torch.Tensor | None]:
-        """Per session, the blank latent mask targets are residuals of (``source_residual`` only)."""
-        if self.dit.config.prediction != "source_residual":
+        """Per session, the blank latent mask targets are residuals of (residual models only)."""
+        if not self.dit.config.residual:
             return [None] * len(sessions)
         return self.blank_latents(sessions, device)
 
@@ -370,7 +370,7 @@ class Objective:
             x0 = lat  # (T+1, h, w, C): context frames then the target
             noise = torch.randn(x0.shape, generator=rng).to(device)
             xt = self.sampler.add_noise(x0, noise, t[b].expand(x0.shape[0]))
-            residual = self.dit.config.prediction == "source_residual"
+            residual = self.dit.config.residual
             cond = build_condition(x0[:-1], source=view.sources[-1] if residual else None)
             vids.append(torch.cat((xt, cond), -1).reshape(-1, 2 * x0.shape[-1] + 1))
             xts.append(xt.reshape(-1, x0.shape[-1]))
@@ -395,7 +395,7 @@ class Objective:
         row_t = torch.cat([t[b].expand(s[0] * s[1] * s[2]) for b, s in enumerate(shapes)])[rows]
         clamp = self.config.min_sigma
         per_row = (self.sampler.velocity(out[rows].float(), x_t, source, row_t, prediction, clamp)
-                   - self.sampler.velocity(x0 - source, x_t, source, row_t, prediction, clamp)).pow(2).mean(-1)
+                   - self.sampler.x0_velocity(x0, x_t, row_t, clamp)).pow(2).mean(-1)
         is_image = torch.tensor([v.kinds[-1] == FrameKind.IMAGE for v, _ in views], device=device)
         frame_rows = torch.tensor([s[1] * s[2] for s in shapes], device=device)
         return self._weighted(per_row, x0, source, is_image.repeat_interleave(frame_rows), frame_rows)
@@ -493,10 +493,17 @@ def build_model(config: TrainConfig, pool: "SessionPool") -> VincieModel:
         preset = get_preset(config.preset)
         if config.patch_size:
             preset = preset.replace(dit=dataclasses.replace(preset.dit, patch_size=tuple(config.patch_size)))
+        if config.prediction:  # may change the output width, so before the weights exist
+            preset = preset.replace(dit=dataclasses.replace(preset.dit, prediction=config.prediction,
+                                                            vid_out_channels=preset.dit.output_channels(config.prediction)))
         model = fresh_model(preset, vae_dir=config.vae, vocab=vocab, seed=config.seed)
     overrides = {k: v for k, v in (("attention", config.attention), ("prediction", config.prediction))
                  if v and v != getattr(model.config.dit, k)}
     if overrides:
+        if model.config.dit.output_channels(overrides.get("prediction", model.config.dit.prediction)) \
+                != model.config.dit.vid_out_channels:
+            raise ValueError(f"TrainConfig: prediction={config.prediction!r} changes the output width of the model "
+                             f"in {config.init}; train a fresh model for it")
         new_dit_cfg = dataclasses.replace(model.config.dit, **overrides)
         model.config = model.config.replace(dit=new_dit_cfg)
         model.dit.config = new_dit_cfg

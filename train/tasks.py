@@ -27,7 +27,7 @@ class CompositionConfig:
     drop_current_roe: float = 0.7  # M_i0 hidden from everything after it (still a CSP target)
     drop_next_roe: float = 0.7  # M_i1 hidden likewise (still an NSP target)
     text_drop: float = 0.1  # a target's prompt replaced by the empty prompt (for CFG)
-    word_drop: float = 0.1  # an instruction's first word replaced by [UNK] (unseen verbs at test time)
+    word_drop: float = 0.1  # an instruction's leading verb phrase replaced by [UNK]s (see unknown_verb)
     camera_tags: bool = True  # "[###CAMERA: tag###] " prefixes from the annotations
 
 
@@ -64,6 +64,22 @@ def mask_image(mask: np.ndarray) -> np.ndarray:
     return np.repeat((np.asarray(mask, dtype=bool) * 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
+def unknown_verb(instruction: str, rng: np.random.Generator) -> str:
+    """The instruction with its leading verb phrase (the words before the first article, or the first
+    word) replaced by one to three ``[UNK]`` tokens.
+
+    The embedded model's tokenizer knows only its training corpus' words, so a user's own verb ("erase",
+    "get rid of") reaches it as one or more unknown tokens; seeing that in training teaches it to read the
+    edit from the rest of the sentence ("the red circle" + nothing = remove, "... blue" = recolour).
+
+    >>> unknown_verb("take away the red circle", np.random.default_rng(1))
+    '[UNK] [UNK] the red circle'
+    """
+    words = instruction.split()
+    cut = next((i for i, w in enumerate(words) if w.lower() in ("a", "an", "the")), 1) or 1
+    return " ".join(["[UNK]"] * int(rng.integers(1, 4)) + words[cut:])
+
+
 def compose(record: SessionRecord, rng: np.random.Generator, config: CompositionConfig = CompositionConfig()
             ) -> ComposedSession:
     """Turn a session record into a training sample's frames, prompts and dropout decisions."""
@@ -75,7 +91,7 @@ def compose(record: SessionRecord, rng: np.random.Generator, config: Composition
         prefix = camera_prefix(turn.camera) if config.camera_tags else ""
         instruction = turn.instruction
         if config.word_drop and rng.random() < config.word_drop:
-            instruction = " ".join(["[UNK]"] + instruction.split()[1:])
+            instruction = unknown_verb(instruction, rng)
         if i > 0 and rng.random() < config.drop_current_frame:
             dropped.add(src)
         entries = []

@@ -46,7 +46,7 @@ class TrainingSequence:
             only (text dropout for classifier-free guidance).
         dropped: clean context frames hidden from every later block (context dropout), except from
             the targets that are generated from them.
-        residual_bases: per target, None or the latent a ``source_residual`` output is added to
+        residual_bases: per target, None or the latent a residual output (``DiTConfig.residual``) is relative to
             instead of the source (a blank frame for mask targets; see ``DiTConfig.prediction``).
     """
 
@@ -89,7 +89,7 @@ class PackedTraining:
         """The regression target in the same (clamped) velocity space as :meth:`velocity_of`."""
         if prediction == "velocity":
             return self.velocity
-        return sampler.velocity(self.x0 - self.source, self.x_t, self.source, self.row_timesteps, prediction, min_sigma)
+        return sampler.x0_velocity(self.x0, self.x_t, self.row_timesteps, min_sigma)
 
 
 def _frame_channels(x: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
@@ -351,7 +351,7 @@ def denoise_next_frame(model: VincieTransformer, sampler, prefixes: list[KVCache
     """Sample frame ``frame_index`` (h, w, C) given cached prefixes [with instruction (, with null prompt)].
 
     With two prefixes the second is the unconditional branch of classifier-free guidance; both run as
-    one packed forward per step. ``residual_base``: what a ``source_residual`` output is added to, if
+    one packed forward per step. ``residual_base``: what a residual output is relative to, if
     not ``source`` (a blank frame for masks).
     """
     device = noise.device

@@ -32,7 +32,8 @@ DEFAULT_NEGATIVE_PROMPT = (
 STATIC_CAMERA_PREFIX = "[###CAMERA: None###] "
 
 AttentionKind = Literal["full", "block_causal"]
-PredictionKind = Literal["velocity", "source_residual"]
+PredictionKind = Literal["velocity", "source_residual", "source_preconditioned", "source_gated"]
+PREDICTION_KINDS: tuple[str, ...] = ("velocity", "source_residual", "source_preconditioned", "source_gated")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,24 @@ class DiTConfig:
     # "source_residual": x0 = source + output, where source is the latent of the image the frame is
     # edited from (converted to v for the shared sampler). Unchanged content is then the default, which
     # is what a small model trained briefly from video most needs (our addition; off for official weights).
+    # "source_preconditioned": the same residual with EDM-style preconditioning (Karras et al. 2022),
+    # x0 = source + c_skip(t) (x_t - A(t) source) + c_out(t) output: the best linear guess of x0 from the
+    # source and x_t is built in, so at low noise the default is "read x_t" and at high noise "copy the
+    # source" (see ``FlowMatchSampler.x0_of``).
+    # "source_gated": source_residual plus the same x_t term behind a learned per-value gate, so the model
+    # can read x_t where the frame changes and copy the source exactly elsewhere; the output has twice
+    # the latent channels (residual | gate logits).
     prediction: PredictionKind = "velocity"
+
+    def output_channels(self, prediction: str) -> int:
+        """The output width ``prediction`` needs: one latent (x_t | condition | flag come in), two gated."""
+        latent = (self.vid_in_channels - 1) // 2
+        return 2 * latent if prediction == "source_gated" else latent
+
+    @property
+    def residual(self) -> bool:
+        """Whether the output is relative to a base latent (the source image, or a blank mask)."""
+        return self.prediction != "velocity"
 
     @property
     def emb_dim(self) -> int:
@@ -79,8 +97,12 @@ class DiTConfig:
             raise ValueError(f"DiTConfig: mm_layers={self.mm_layers} must be within [0, num_layers={self.num_layers}]")
         if 3 * 2 * (self.rope_dim // 3 // 2) > self.head_dim:
             raise ValueError(f"DiTConfig: rope_dim={self.rope_dim} needs more than head_dim={self.head_dim} dims")
-        if self.prediction not in ("velocity", "source_residual"):
-            raise ValueError(f"DiTConfig: prediction={self.prediction!r}; use 'velocity' or 'source_residual'")
+        if self.prediction not in PREDICTION_KINDS:
+            raise ValueError(f"DiTConfig: prediction={self.prediction!r}; use one of {', '.join(PREDICTION_KINDS)}")
+        if self.prediction == "source_gated" and self.vid_out_channels != self.output_channels(self.prediction):
+            raise ValueError(f"DiTConfig: prediction={self.prediction!r} needs vid_out_channels="
+                             f"{self.output_channels(self.prediction)} for vid_in_channels={self.vid_in_channels}, "
+                             f"got {self.vid_out_channels}")
         if self.attention not in ("full", "block_causal"):
             raise ValueError(f"DiTConfig: attention={self.attention!r}; use 'full' or 'block_causal'")
 
@@ -214,9 +236,11 @@ SHAPES = VincieConfig(
     name="vincie-shapes",
     # Width 192 and 4x4-pixel tokens (patch 1 over the 4x folded pixels): at equal CPU minutes these
     # learned the binding toy better than width 256 or 8x8-pixel tokens (docs/training.md, "Model size").
-    dit=DiTConfig(vid_in_channels=97, vid_out_channels=48, vid_dim=192, txt_in_dim=64, heads=3, head_dim=64,
+    # A gated source residual (48 residual values + 48 gate logits per token): at equal minutes it beat the
+    # plain residual on ShapesBench (docs/training.md, "Output").
+    dit=DiTConfig(vid_in_channels=97, vid_out_channels=96, vid_dim=192, txt_in_dim=64, heads=3, head_dim=64,
                   patch_size=(1, 1, 1), num_layers=6, mm_layers=2, rope_dim=60, attention="block_causal",
-                  prediction="source_residual"),
+                  prediction="source_gated"),
     vae=VAEConfig(kind="pixel", spatial_downsample_factor=4, latent_channels=48, scaling_factor=1.5,
                   shifting_factor=0.0, use_sample=False),
     text=TextEncoderConfig(subfolder="text_encoder", hidden_size=64, max_length=48, trust_remote_code=False,

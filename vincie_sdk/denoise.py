@@ -27,7 +27,7 @@ class PackedInputs:
         vid_shape: (B, 3) latent (T, H, W) per sample.
         txt_pos, txt_pos_shape: fused positive text (sum_b l_b, txt_dim) and (B, 1) lengths.
         txt_neg, txt_neg_shape: the same for the negative prompt (used when guidance is on).
-        residual_base: (sum_b L_b, C) what a ``source_residual`` output is added to (default: the
+        residual_base: (sum_b L_b, C) what a residual output is relative to (default: the
             condition latents; a blank frame on a mask target).
     """
 
@@ -73,7 +73,7 @@ def denoise(dit: VincieTransformer, sampler: FlowMatchSampler, inputs: PackedInp
 
     # 3. Euler integration.
     prediction = dit.config.prediction
-    # source_residual: every frame's condition holds its source (context frames: themselves; the target:
+    # residual outputs: every frame's condition holds its source (context frames: themselves; the target:
     # the image it edits, see pipeline.build_condition).
     source = None
     if prediction != "velocity":

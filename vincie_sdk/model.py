@@ -266,7 +266,7 @@ class VincieModel:
     @torch.no_grad()
     def blank_latent(self, height: int, width: int) -> torch.Tensor:
         """DiT-space latent (h, w, C) of an all-black frame of ``height`` x ``width`` pixels: an empty
-        region mask. A ``source_residual`` model predicts masks as residuals of it, so that "nothing"
+        region mask. A residual model (``DiTConfig.residual``) predicts masks as residuals of it, so that "nothing"
         is the zero output for masks as "unchanged" is for images.
 
         >>> model.blank_latent(64, 64).shape  # doctest: +SKIP

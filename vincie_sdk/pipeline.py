@@ -25,8 +25,8 @@ class FrameRequest:
         prompts: T formatted prompts; prompt j introduces frame j+1 (the last: the new frame).
         seed: noise seed; the noise of all T+1 frames is drawn at once, as the official code does.
         source: index of the context frame the new frame is generated from (the image it edits); only
-            models with ``prediction="source_residual"`` use it. ``None`` = the last context frame.
-        residual_base: (h, w, C) latent a ``source_residual`` output is added to instead of the
+            residual models (``DiTConfig.residual``) use it. ``None`` = the last context frame.
+        residual_base: (h, w, C) latent a residual output is relative to instead of the
             source (``VincieModel.blank_latent`` for a mask); ``None`` = the source.
     """
 
@@ -49,7 +49,7 @@ def draw_noise(shape: tuple[int, ...], seed: int, device: torch.device) -> torch
 def build_condition(context_latents: torch.Tensor, source: int | None = None) -> torch.Tensor:
     """(T, h, w, C) → (T+1, h, w, C+1): [latent | 1] for context frames, zeros for the target.
 
-    With ``source`` (models with ``prediction="source_residual"``) the target carries
+    With ``source`` (residual models) the target carries
     ``[latent of context frame source | 0]``: the image its output is a residual of, in its own channels
     as in the block-causal layout.
     """
@@ -85,7 +85,7 @@ def pack_requests(model: VincieModel, requests: list[FrameRequest], negative_pro
         if len(r.prompts) != t:
             raise ValueError(f"a request with {t} context frames needs {t} prompts, got {len(r.prompts)}")
         noises.append(draw_noise((t + 1, h, w, c), r.seed, device).reshape(-1, c))
-        source = (t - 1 if r.source is None else r.source) if model.config.dit.prediction == "source_residual" else None
+        source = (t - 1 if r.source is None else r.source) if model.config.dit.residual else None
         cond = build_condition(r.context_latents.to(device).float(), source)
         conds.append(cond.reshape(-1, c + 1))
         if with_bases:

@@ -22,6 +22,13 @@ import torch
 from .config import SamplerConfig
 
 
+# The assumed standard deviation of x0 - source (latent units) for ``source_preconditioned`` outputs: local
+# edits change a few percent of the pixels by up to 2, backgrounds every pixel by about 1.
+RESIDUAL_STD = 0.5
+# ``source_gated``: a zero output leaves the gate at sigmoid(-2) = 0.12, almost a plain source residual.
+GATE_BIAS = -2.0
+
+
 class FlowMatchSampler:
     """Weightless helper: timesteps, noising, targets, Euler steps and classifier-free guidance."""
 
@@ -56,16 +63,53 @@ class FlowMatchSampler:
                  prediction: str = "velocity", min_sigma: float = 0.0) -> torch.Tensor:
         """The velocity a network output stands for (see ``DiTConfig.prediction``).
 
-        ``source_residual``: x0 = source + output, and v = (x_t - x0) / B(t) since A + B = 1.
-        ``min_sigma`` clamps B(t) from below; training uses it (with the same clamp on the target) so
-        that nearly clean samples do not dominate the loss; sampling never needs it (B(t) >= T/steps).
+        Residual kinds give an ``x0`` (:meth:`x0_of`), and v = (x_t - x0) / B(t) since A + B = 1.
+        ``min_sigma`` clamps B(t) from below; training uses it (with the same clamp on the target, see
+        :meth:`x0_velocity`) so that nearly clean samples do not dominate the loss; sampling never needs it
+        (B(t) >= T/steps).
         """
         if prediction == "velocity":
             return output
+        return self.x0_velocity(self.x0_of(output, x_t, source, t, prediction), x_t, t, min_sigma)
+
+    def x0_velocity(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, min_sigma: float = 0.0) -> torch.Tensor:
+        """v = (x_t - x0) / B(t), B clamped at ``min_sigma``: the velocity of a known (or predicted) x0."""
+        _, b = self.alpha_sigma(self._broadcast(t, x_t))
+        return (x_t - x0) / b.clamp_min(min_sigma)
+
+    def x0_of(self, output: torch.Tensor, x_t: torch.Tensor, source: torch.Tensor | None, t: torch.Tensor,
+              prediction: str) -> torch.Tensor:
+        """The x0 a residual output stands for.
+
+        ``source_residual``: x0 = source + output.
+        ``source_preconditioned``: with d = x0 - source of standard deviation s (``RESIDUAL_STD``), x_t -
+        A source = A d + B noise, whose best linear estimate of d has the gain c_skip = A s^2 / (A^2 s^2 + B^2)
+        and leaves an error of standard deviation c_out = s B / sqrt(A^2 s^2 + B^2); so x0 = source +
+        c_skip (x_t - A source) + c_out output, and the network's target has unit scale at every t. At
+        t = T this is "source + s output", near t = 0 it is "x_t / A" (EDM, Karras et al. 2022, with the
+        source as the prior mean instead of 0).
+        ``source_gated``: output = (r | g), x0 = source + sigmoid(g + GATE_BIAS) c_skip (x_t - A source) + r:
+        ``source_residual`` when the gate is shut, the x_t term where the model opens it (changed pixels at
+        low noise, which a plain residual model must copy from its input through every layer).
+        """
         if source is None:
-            raise ValueError("prediction='source_residual' needs the source latent of the frame")
-        _, b = self.alpha_sigma(t.reshape(t.shape + (1,) * (x_t.ndim - t.ndim)) if t.ndim else t)
-        return (x_t - (source + output)) / b.clamp_min(min_sigma)
+            raise ValueError(f"prediction={prediction!r} needs the source latent of the frame")
+        if prediction == "source_residual":
+            return source + output
+        if prediction not in ("source_preconditioned", "source_gated"):
+            raise ValueError(f"x0_of: prediction={prediction!r} is not a residual kind")
+        a, b = self.alpha_sigma(self._broadcast(t, x_t))
+        s2 = RESIDUAL_STD ** 2
+        denom = a * a * s2 + b * b
+        skip = a * s2 / denom * (x_t - a * source)
+        if prediction == "source_gated":
+            residual, gate = output.chunk(2, dim=-1)
+            return source + torch.sigmoid(gate + GATE_BIAS) * skip + residual
+        return source + skip + RESIDUAL_STD * b / denom.sqrt() * output
+
+    @staticmethod
+    def _broadcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return t.reshape(t.shape + (1,) * (like.ndim - t.ndim)) if t.ndim else t
 
     def sample_training_timesteps(self, n: int, generator: torch.Generator | None = None,
                                   loc: float = 0.0, scale: float = 1.0, device=None, shift: float = 1.0,

@@ -283,7 +283,7 @@ class Session:
         cfg_scale = self.settings.cfg_scale if cfg_scale is None else cfg_scale
         steps = steps or self.settings.steps
         base = None
-        if kind != FrameKind.IMAGE and self.model.config.dit.prediction == "source_residual":
+        if kind != FrameKind.IMAGE and self.model.config.dit.residual:
             base = self.model.blank_latent(*self.size[::-1])  # a mask is a residual of an empty mask
         if self.model.config.dit.attention == "block_causal":
             latent = self._sample_block_causal(prompt, src, steps, cfg_scale, seed, callback, base)

@@ -168,24 +168,29 @@ def test_source_residual_training_loss_is_zero_for_a_copy(bc_model):
     assert err[1] < 1e-10 and err[0] > 0.1  # frame 1 differs from frame 0, frame 2 is a copy
 
 
-def test_source_residual_masks_are_residuals_of_an_empty_mask(source_image):
-    """Masks are predicted as residuals of a black frame, not of the image: a zero output gives an empty
-    mask (and still a copy for images), in both attention variants, through the Session API."""
+@pytest.mark.parametrize("prediction", ["source_residual", "source_gated"])
+def test_residual_masks_are_residuals_of_an_empty_mask(source_image, prediction):
+    """Masks are predicted as residuals of a black frame, not of the image: a "nothing" output (zero
+    residual, shut gate) gives an empty mask (and still a copy for images), in both attention variants,
+    through the Session API."""
     from vincie_sdk.config import SHAPES  # pixel space: a black frame decodes to exactly black
 
     for attention in ("block_causal", "full"):
-        config = dataclasses.replace(SHAPES, dit=dataclasses.replace(SHAPES.dit, attention=attention, vid_dim=64,
-                                                                      heads=1, num_layers=2, mm_layers=1))
+        dit = dataclasses.replace(SHAPES.dit, attention=attention, vid_dim=64, heads=1, num_layers=2, mm_layers=1,
+                                  prediction=prediction, vid_out_channels=SHAPES.dit.output_channels(prediction))
+        config = dataclasses.replace(SHAPES, dit=dit)
         model = VincieModel.from_random(config, seed=3)
         torch.nn.init.zeros_(model.dit.vid_out.proj.weight)
         torch.nn.init.zeros_(model.dit.vid_out.proj.bias)
+        if prediction == "source_gated":  # the second half of the output: gate logits, shut
+            model.dit.vid_out.proj.bias.data[dit.vid_out_channels // 2:] = -50.0
         s = Session(model, source_image, seed=1, steps=3)
         mask = np.asarray(s.predict_mask("remove the red circle", "current").convert("L"))
         assert mask.max() == 0, attention  # nothing marked
         blank = model.blank_latent(*s.size[::-1])
         black = model.decode_latents(blank[None])[0]
         assert float(black.max()) < -0.99  # the base decodes to black
-        # Training uses the same base: with target = the blank latent, a zero output has zero loss.
+        # Training uses the same base: with target = the blank latent, a "nothing" output has zero loss.
         sampler = FlowMatchSampler(config.sampler)
         g = torch.Generator().manual_seed(0)
         image = model.encode_images(torch.rand(1, 3, *s.size[::-1], generator=g) * 2 - 1)[0]
@@ -193,6 +198,8 @@ def test_source_residual_masks_are_residuals_of_an_empty_mask(source_image):
                                   torch.tensor([900.0]), torch.randn((1,) + tuple(blank.shape), generator=g),
                                   residual_bases=[blank])
         packed = bc.pack_training(model.dit, sampler, [seq])
-        zero = torch.zeros_like(packed.velocity)
-        err = (packed.velocity_of(zero, sampler, "source_residual") - packed.velocity_target(sampler, "source_residual"))
+        nothing = torch.zeros(packed.velocity.shape[:-1] + (dit.vid_out_channels,))
+        if prediction == "source_gated":
+            nothing[..., dit.vid_out_channels // 2:] = -50.0
+        err = packed.velocity_of(nothing, sampler, prediction) - packed.velocity_target(sampler, prediction)
         assert float(err.abs().max()) < 1e-5

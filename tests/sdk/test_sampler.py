@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vincie_sdk.config import SamplerConfig
@@ -65,6 +66,41 @@ def test_source_residual_output_is_the_exact_velocity():
     exact = s.velocity(x0 - source, xt, source, t, "source_residual", min_sigma=0.25)
     assert torch.allclose((exact - clamped).abs()[:, 0], 1 / torch.tensor([0.9, 0.5, 0.25, 0.25]), atol=1e-4)
     assert torch.equal(s.velocity(x0, xt, None, t, "velocity"), x0)
+
+
+def test_source_preconditioned_defaults_to_the_source_at_T_and_to_x_t_near_0():
+    s = FlowMatchSampler(SamplerConfig())
+    x0, noise, source = torch.randn(3, 6), torch.randn(3, 6), torch.randn(3, 6)
+    t = torch.tensor([1000.0, 500.0, 1.0])
+    xt = s.add_noise(x0, noise, t)
+    zero = s.x0_of(torch.zeros_like(xt), xt, source, t, "source_preconditioned")
+    assert torch.allclose(zero[0], source[0])  # pure noise: copy the source
+    assert torch.allclose(zero[2], x0[2], atol=5e-3)  # almost clean: read x_t
+    assert not torch.allclose(zero[1], source[1], atol=0.1) and not torch.allclose(zero[1], x0[1], atol=0.1)
+    # The unit-scale target that reproduces x0 exactly, and its velocity is the flow-matching target.
+    a, b = s.alpha_sigma(t[:, None])
+    var = a * a * 0.25 + b * b
+    target = (x0 - source - a * 0.25 / var * (xt - a * source)) / (0.5 * b / var.sqrt())
+    assert torch.allclose(s.x0_of(target, xt, source, t, "source_preconditioned"), x0, atol=1e-4)
+    v = s.velocity(target, xt, source, t, "source_preconditioned")
+    assert torch.allclose(v, s.velocity_target(x0, noise), atol=1e-2)
+    assert torch.allclose(s.x0_velocity(x0, xt, t), s.velocity_target(x0, noise), atol=1e-2)
+    with pytest.raises(ValueError, match="source latent"):
+        s.velocity(target, xt, None, t, "source_preconditioned")
+
+
+def test_source_gated_is_a_residual_when_shut_and_reads_x_t_when_open():
+    s = FlowMatchSampler(SamplerConfig())
+    x0, noise, source = torch.randn(2, 6), torch.randn(2, 6), torch.randn(2, 6)
+    t = torch.tensor([1.0, 400.0])
+    xt = s.add_noise(x0, noise, t)
+    r = torch.randn(2, 6)
+    shut = s.x0_of(torch.cat((r, torch.full_like(r, -50.0)), -1), xt, source, t, "source_gated")
+    assert torch.allclose(shut, source + r)
+    open_ = s.x0_of(torch.cat((torch.zeros_like(r), torch.full_like(r, 50.0)), -1), xt, source, t, "source_gated")
+    assert torch.allclose(open_[0], x0[0], atol=5e-3)  # almost clean: the open gate reads x_t
+    zero = s.x0_of(torch.zeros(2, 12), xt, source, t, "source_gated")  # a fresh model: mostly the source
+    assert (zero - source).abs().max() < 0.2 * (xt - source).abs().max()
 
 
 def test_training_timesteps_uniform_share_covers_the_start_of_sampling():

@@ -10,7 +10,7 @@ import pytest
 from vincie_train.data.format import SessionRecord, ShardWriter, TurnRecord
 from vincie_train.pretrain import DataConfig, TrainConfig, lr_lambda, train
 from vincie_train.synth.dynamics import WorldConfig, sample_transition_session
-from vincie_train.tasks import CompositionConfig, compose, without_dropped
+from vincie_train.tasks import CompositionConfig, compose, unknown_verb, without_dropped
 
 from vincie_sdk import Session, VincieModel
 from vincie_data_helpers import MICRO as TRAIN_MICRO
@@ -68,6 +68,22 @@ def test_composition_statistics():
     assert abs(counts["text"] / counts["text_n"] - cfg.text_drop) < 0.02
 
 
+def test_unknown_verb_replaces_the_leading_verb_phrase():
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(200):
+        out = unknown_verb("take away the red circle", rng).split()
+        assert out[-3:] == ["the", "red", "circle"] and set(out[:-3]) == {"[UNK]"}
+        seen.add(len(out) - 3)
+        assert unknown_verb("add a small red circle at the top left", rng).split()[-8:] == \
+            "a small red circle at the top left".split()
+        assert unknown_verb("zoom in", rng).split()[-1:] == ["in"]
+    assert seen == {1, 2, 3}  # an unseen verb phrase may be one to three words
+    record = _record(np.random.default_rng(1), n_turns=1)
+    prompts = [compose(record, rng, CompositionConfig(roe_prob=0.0, word_drop=0.3)).prompts[0] for _ in range(2000)]
+    assert abs(sum("[UNK]" in p for p in prompts) / 2000 - 0.3) < 0.04
+
+
 def test_full_layout_view_renumbers_prompts():
     record = _record(np.random.default_rng(2), n_turns=2)
     c = compose(record, np.random.default_rng(0), CompositionConfig(roe_prob=1.0, drop_current_roe=1.0,
@@ -118,7 +134,9 @@ def _losses(run):
 
 
 @pytest.mark.parametrize("attention,prediction", [("block_causal", "velocity"), ("full", "velocity"),
-                                                   ("block_causal", "source_residual"), ("full", "source_residual")])
+                                                   ("block_causal", "source_residual"), ("full", "source_residual"),
+                                                   ("block_causal", "source_preconditioned"),
+                                                   ("block_causal", "source_gated")])
 def test_loss_falls_and_the_result_loads(tmp_path, shard, attention, prediction):
     cfg = _config(tmp_path, shard, attention=attention, prediction=prediction, max_steps=60)
     model_dir = train(cfg, progress=False)
