@@ -33,7 +33,10 @@ def test_embedded_curriculum_stages_continue_one_run():
         for name in ("shapes_pretrain.yaml", "shapes_pretrain_stage2.yaml"))
     assert stage1.out_dir == stage2.out_dir and stage1.preset == stage2.preset
     assert stage1.max_steps < stage2.max_steps
-    assert stage1.data.categories and not stage2.data.categories
+    # Stage 2 widens stage 1's local edits with backgrounds: every ShapesBench edit kind.
+    assert set(stage1.data.categories) < set(stage2.data.categories)
+    from vincie_train.synth.instructions import EDIT_TYPES
+    assert set(stage2.data.categories) == set(EDIT_TYPES)
 
 
 def test_dotted_override_reaches_nested_section():
