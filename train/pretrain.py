@@ -88,7 +88,7 @@ class TrainConfig(ObjectiveConfig):
     out_dir: str = "runs/pretrain"
     preset: str = "vincie-shapes"  # architecture to train (vincie_sdk.config preset)
     attention: str | None = None  # override the preset's variant: "full" or "block_causal"
-    prediction: str | None = None  # override the preset's output: "velocity", "source_residual", "source_preconditioned"
+    prediction: str | None = None  # override the preset's output (config.PREDICTION_KINDS); fresh models only if it changes the width
     # Override the preset's DiT patch (t, h, w) in latent pixels: the token size. Fresh models only (it
     # changes the DiT's shapes); the exported config records it.
     patch_size: tuple[int, int, int] | None = None

@@ -76,7 +76,7 @@ def denoise(dit: VincieTransformer, sampler: FlowMatchSampler, inputs: PackedInp
     # residual outputs: every frame's condition holds its source (context frames: themselves; the target:
     # the image it edits, see pipeline.build_condition).
     source = None
-    if prediction != "velocity":
+    if dit.config.residual:
         source = (inputs.condition[:, :-1] if inputs.residual_base is None else inputs.residual_base).float()
     x = inputs.noise.float()
     for i, t in enumerate(timesteps):
