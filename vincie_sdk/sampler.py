@@ -52,7 +52,7 @@ class FlowMatchSampler:
     # -- training --------------------------------------------------------------------------------
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t for per-sample (or per-token) t broadcast over trailing dims."""
-        a, b = self.alpha_sigma(t.reshape(t.shape + (1,) * (x0.ndim - t.ndim)))
+        a, b = self.alpha_sigma(self._broadcast(t, x0))
         return a * x0 + b * noise
 
     @staticmethod
