@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DataConfig:
-    shards: tuple[str, ...] = ()  # shard files or folders (``vincie data build`` output)
+    # Shard files or folders (``vincie data build`` output), or edit folders/files of pairs and
+    # sequences (``vincie data pairs``, docs/lora.md): e.g. pairwise-only training from scratch.
+    shards: tuple[str, ...] = ()
     min_turns: int = 1  # sessions are cut to a random number of turns in [min_turns, max_turns]
     max_turns: int = 4
     shuffle_buffer: int = 512
@@ -172,13 +174,17 @@ class SessionPool:
     """
 
     def __init__(self, config: DataConfig) -> None:
+        from .data.edits import read_edits
         from .data.format import read_sessions
 
         if not config.shards:
             raise ValueError("train config: data.shards is empty; build shards with `vincie data build`")
         self.sessions: list[SessionRecord] = []
         for path in config.shards:
-            self.sessions.extend(read_sessions(path))
+            p = Path(path).expanduser()
+            # A shard folder also holds JSON summaries, which are not edit rows: read only its shards.
+            shards = p.suffix == ".tar" or (p.is_dir() and any(p.glob("*.tar")))
+            self.sessions.extend(read_sessions(p) if shards else read_edits(p))
         if not self.sessions:
             raise ValueError(f"no sessions found in {list(config.shards)}")
         # Everything read, before filtering: the text encoder's vocabulary comes from it, so that a run

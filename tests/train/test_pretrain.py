@@ -154,6 +154,21 @@ def test_loss_falls_and_the_result_loads(tmp_path, shard, attention, prediction)
     assert img.size == (32, 32)
 
 
+def test_pretraining_reads_edit_pairs_from_scratch(tmp_path):
+    """Pairwise-only training (the paper's Table 5 baseline): an edit folder from `vincie data pairs` is a data source."""
+    from vincie_train.data.edits import read_edits, synth_edits
+    from vincie_train.pretrain import SessionPool
+
+    pairs = synth_edits(tmp_path / "pairs", 24, seed=1, size=32)
+    pool = SessionPool(DataConfig(shards=(str(pairs),)))
+    assert len(pool.sessions) == 24 and all(len(s.turns) == 1 for s in pool.sessions)
+    assert [s.instructions for s in pool.sessions] == [s.instructions for s in read_edits(pairs)]
+    cfg = _config(tmp_path, pairs, max_steps=40)
+    train(cfg, progress=False)
+    losses = _losses(tmp_path / "run")
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
+
+
 def test_kill_and_resume_is_exact(tmp_path, shard):
     # One thread: multi-threaded CPU scatter-adds in backward are not bit-reproducible run to run.
     straight = _config(tmp_path / "a", shard, max_steps=12, threads=1)
