@@ -286,3 +286,20 @@ def test_cli_writes_the_json_results(tmp_path, capsys, monkeypatch, tiny_model):
     assert data["baselines"]["copy"]["cumulative_success"] == [0.0] * 5
     assert len(data["baselines"]["no-context"]["cumulative_success"]) == 5
     assert "cumulative success" in capsys.readouterr().out
+
+
+def test_cli_chain_mode_runs_the_model_with_its_adapters(tmp_path, monkeypatch, tiny_model):
+    import vincie_sdk.cli
+    from vincie_train.eval import cli
+
+    loaded, applied = [], []
+    monkeypatch.setattr(cli, "_load_model", lambda args: loaded.append(args.model) or tiny_model)
+    monkeypatch.setattr(vincie_sdk.cli, "apply_loras", lambda model, specs: applied.append(specs))
+    out = tmp_path / "chain.json"
+    argv = ["shapes", "--mode", "chain", "--sessions", "1", "--turns", "1", "--steps", "1", "--no-masks", "-q",
+            "--model", "some/model", "--lora", "a/adapter:0.5", "--json", str(out)]
+    assert eval_main(argv) == 0
+    data = json.loads(out.read_text())
+    assert loaded == ["some/model"] and applied == [["a/adapter:0.5"]]
+    assert data["mode"] == "chain" and data["model"] == "some/model" and data["lora"] == ["a/adapter:0.5"]
+    assert data["evaluated_turns"] == 1

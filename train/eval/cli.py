@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("model", "chain", "no-context", "copy", "oracle")
 BASELINES = ("copy", "no-context")
+LIVE_MODES = ("model", "chain", "no-context")  # the modes that run the model
 
 
 def register_eval(subparsers) -> None:
@@ -43,6 +44,7 @@ def register_eval(subparsers) -> None:
         "Prints cumulative success per turn, per-category success, CSP/NSP mask IoU and seconds per turn."))
     s.add_argument("-m", "--model", default="vincie-shapes",
                    help="checkpoint folder, 'vincie-shapes' (embedded) or random:PRESET (default: %(default)s)")
+    s.add_argument("--lora", action="append", metavar="PATH[:STRENGTH]", help="apply a LoRA adapter; repeat to stack")
     s.add_argument("--mode", choices=MODES, default=None,
                    help="model (whole history in context, the default), chain (chain of editing: each turn "
                         "predicts the current-region mask, then the next-region mask, then the image, paper "
@@ -279,7 +281,7 @@ def cmd_eval_shapes(args) -> int:
     mode = "predictions" if args.predictions else (args.mode or "model")
     items, seed = _items(args)
     modes = [mode] + ([b for b in BASELINES if b != mode] if args.baselines else [])
-    model = _load_model(args) if any(m in ("model", "no-context") for m in modes) else None
+    model = _model_with_loras(args) if any(m in LIVE_MODES for m in modes) else None
     if model is not None:
         # One untimed turn, so lazy initialisation is not billed to the first session's seconds per turn.
         _editor("no-context", args, model)(items[0]).edit(items[0].instructions[0])
@@ -293,8 +295,8 @@ def cmd_eval_shapes(args) -> int:
         results[m] = summarize(result)
 
     summary = results.pop(mode)
-    model_name = {"predictions": args.predictions, "model": args.model, "no-context": args.model}.get(mode)
-    settings = {"seed": seed, "mode": mode, "model": model_name}
+    model_name = args.predictions if mode == "predictions" else (args.model if mode in LIVE_MODES else None)
+    settings = {"seed": seed, "mode": mode, "model": model_name, "lora": args.lora if model is not None else None}
     if args.phrasings != "eval":
         settings["phrasings"] = args.phrasings
     if model is not None:
