@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import re
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 from comfy_server import EMBEDDED, WORKFLOW_NAMES, Server, load_workflow
 from PIL import Image
@@ -29,6 +32,17 @@ EXPECTED_IMAGES = {
     "multi_concept_composition": {"9": 1},
 }
 USER_MASK_OUTPUTS = {("drag_editing", "13")}
+
+
+def keep_images(name: str, images: dict[str, list[Image.Image]]) -> None:
+    """Save a workflow's outputs under ``$VINCIE_E2E_OUTPUTS/<name>/`` to look at them (unset: nothing)."""
+    folder = os.environ.get("VINCIE_E2E_OUTPUTS")
+    if folder:
+        out = Path(folder) / name
+        out.mkdir(parents=True, exist_ok=True)
+        for node_id, ims in images.items():
+            for k, im in enumerate(ims):
+                im.save(out / f"node{node_id}_{k}.png")
 
 
 def fetch_images(server: Server, entry: dict) -> dict[str, list[Image.Image]]:
@@ -73,11 +87,98 @@ def test_workflow_runs(server, name):
     entry = server.run(server.for_test(api))
     assert entry["status"]["status_str"] == "success", errors_of(entry)
     images = fetch_images(server, entry)
+    keep_images(name, images)
     assert {k: len(v) for k, v in images.items()} == EXPECTED_IMAGES[name]
     sizes = {im.size for node_id, ims in images.items() if (name, node_id) not in USER_MASK_OUTPUTS for im in ims}
     assert len(sizes) == 1, f"all outputs are at the session's working size, got {sizes}"
     (w, h), = sizes
     assert w % 16 == 0 and h % 16 == 0
+    if server.model_name == EMBEDDED:  # a random model draws noise: only the trained one is checked for content
+        CONTENT_CHECKS[name](images)
+
+
+# --- what the embedded model must draw in each shipped workflow ----------------------------------------
+# The scenes are drawn in 256x256 by the workflows themselves (EmptyImage + ImageCompositeMasked): boxes
+# below are (left, top, right, bottom) in those pixels, scaled to whatever size the output has.
+
+NAVY, RED, YELLOW = (0x18, 0x1E, 0x4E), (0xDC, 0x28, 0x28), (0xEB, 0xD2, 0x28)
+
+
+def _pixels(im: Image.Image, box: tuple[int, int, int, int] | None = None, inside: bool = True) -> np.ndarray:
+    """(N, 3) float RGB of the pixels in (or outside) ``box`` given in 256x256 scene coordinates."""
+    a = np.asarray(im.convert("RGB"), np.float32)
+    if box is None:
+        return a.reshape(-1, 3)
+    h, w = a.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w]
+    l, t, r, b = box[0] * w / 256, box[1] * h / 256, box[2] * w / 256, box[3] * h / 256
+    sel = (xs + 0.5 >= l) & (xs + 0.5 < r) & (ys + 0.5 >= t) & (ys + 0.5 < b)
+    return a[sel if inside else ~sel]
+
+
+def _share_near(pixels: np.ndarray, color, tol: float = 60.0) -> float:
+    return float((np.linalg.norm(pixels - np.float32(color), axis=1) < tol).mean())
+
+
+def _grow(box, by: int = 24):
+    """``box`` widened by ``by`` scene pixels on every side (negative: its inside, clear of blended edges)."""
+    return (box[0] - by, box[1] - by, box[2] + by, box[3] + by)
+
+
+def _centroid_of(im: Image.Image, color, tol: float = 80.0) -> tuple[float, float, int]:
+    """(x, y) in scene pixels of the pixels near ``color``, and how many there are."""
+    a = np.asarray(im.convert("RGB"), np.float32)
+    ys, xs = np.nonzero(np.linalg.norm(a - np.float32(color), axis=2) < tol)
+    scale = 256 / a.shape[1]
+    return (float(xs.mean() + 0.5) * scale, float(ys.mean() + 0.5) * scale, len(xs)) if len(xs) else (-1.0, -1.0, 0)
+
+
+def check_multi_turn(images):
+    frames = images["12"]
+    assert _share_near(_pixels(frames[0], _grow((19, 19, 67, 67), -8)), RED) > 0.9, "frame 0 is the source: a red square"
+    assert _share_near(_pixels(frames[0], _grow((19, 19, 67, 67)), inside=False), NAVY) > 0.95
+    for k in range(1, 6):
+        diff = np.abs(_pixels(frames[k]) - _pixels(frames[k - 1])).max(axis=1)
+        assert (diff > 60).mean() > 0.005, f"turn {k} changed nothing"
+    assert images["13"][0].tobytes() == frames[-1].tobytes(), "the preview shows the last frame"
+
+
+def check_mask_controlled(images):
+    red_box, yellow_box = (19, 19, 67, 67), (189, 189, 237, 237)
+    edited = images["12"][0]
+    inside = _pixels(edited, red_box).mean(axis=0)
+    assert inside[1] > inside[0] + 40 and inside[1] > inside[2] + 40, f"the masked red square is not green: {inside}"
+    assert _share_near(_pixels(edited, yellow_box), YELLOW) > 0.6, "the unmasked yellow square is kept"
+    assert _share_near(_pixels(edited, _grow(red_box), inside=False), NAVY, 45) > 0.8, "the background is kept"
+    mask = images["15"][0]
+    assert _pixels(mask, yellow_box).mean() > 0.5 * 255, "the predicted region covers the yellow square"
+    assert _pixels(mask, _grow(yellow_box, 8), inside=False).mean() < 0.1 * 255, "... and little else"
+
+
+def check_drag(images):
+    edited = images["11"][0]
+    x, y, n = _centroid_of(edited, RED)
+    # The square was at x 19-67; the mask moved it by 0.67 of the width, to x 190-238 (y stays 104-152).
+    assert n > 0 and x > 150 and 80 < y < 176, f"the red square is not where the mask moved it: {(x, y, n)}"
+    assert _share_near(_pixels(edited, (19, 104, 67, 152)), RED, 80) < 0.2, "... and is still where it was"
+
+
+def check_story(images):
+    frames = images["7"]
+    assert _share_near(_pixels(frames[0], _grow((19, 19, 67, 67), -8)), RED) > 0.9
+    for k in range(1, 6):
+        diff = np.abs(_pixels(frames[k]) - _pixels(frames[k - 1])).max(axis=1)
+        assert (diff > 60).mean() > 0.005, f"story line {k} changed nothing"
+
+
+def check_compose(images):
+    out = _pixels(images["9"][0])
+    assert _share_near(out, RED, 80) > 0.01, "the red square of <IMG0> is in the composition"
+
+
+CONTENT_CHECKS = {"multi_turn_editing": check_multi_turn, "mask_controlled_editing": check_mask_controlled,
+                  "drag_editing": check_drag, "story_generation": check_story,
+                  "multi_concept_composition": check_compose}
 
 
 def test_masks_of_another_size_are_resized_with_a_note(server):
