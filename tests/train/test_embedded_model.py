@@ -49,7 +49,7 @@ def test_loads_offline_within_the_size_budget(monkeypatch):
     assert sum(p.numel() for p in model.dit.parameters()) > 1e6
 
 
-@pytest.mark.parametrize("category,n,at_least", [("remove", 6, 4), ("recolor", 6, 2)])
+@pytest.mark.parametrize("category,n,at_least", [("remove", 6, 4), ("recolor", 6, 4)])
 def test_an_edit_changes_the_right_object(model, category, n, at_least):
     items = _items(category, n)
     result = run_shapes_bench(items, ModelEditor(model, masks=False), masks=False)
@@ -67,4 +67,4 @@ def test_predicts_the_region_an_edit_changes(model):
         current = session.predict_mask(item.instructions[0], "current")
         ious.append(mask_iou(current, item.roe(1)[0]))
     # An all-empty or all-full mask scores ~0 here (the removed object covers a few percent of the frame).
-    assert np.mean(ious) >= 0.3, ious
+    assert np.mean(ious) >= 0.5, ious
