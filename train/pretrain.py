@@ -94,6 +94,9 @@ class TrainConfig(ObjectiveConfig):
     # Override the preset's DiT patch (t, h, w) in latent pixels: the token size. Fresh models only (it
     # changes the DiT's shapes); the exported config records it.
     patch_size: tuple[int, int, int] | None = None
+    # Override the preset's ``DiTConfig.frame_position`` (absolute in-frame position features, 0 = off).
+    # Fresh models only (it adds weights).
+    frame_position: int | None = None
     init: str | None = None  # a model folder to start from (e.g. the trained autoencoder + fresh DiT)
     vae: str | None = None  # folder with vae.safetensors (+ vae_config.json) for a fresh model
     train_text_encoder: bool = True
@@ -499,12 +502,17 @@ def build_model(config: TrainConfig, pool: "SessionPool") -> VincieModel:
         preset = get_preset(config.preset)
         if config.patch_size:
             preset = preset.replace(dit=dataclasses.replace(preset.dit, patch_size=tuple(config.patch_size)))
+        if config.frame_position is not None:
+            preset = preset.replace(dit=dataclasses.replace(preset.dit, frame_position=config.frame_position))
         if config.prediction:  # may change the output width, so before the weights exist
             preset = preset.replace(dit=dataclasses.replace(preset.dit, prediction=config.prediction,
                                                             vid_out_channels=preset.dit.output_channels(config.prediction)))
         model = fresh_model(preset, vae_dir=config.vae, vocab=vocab, seed=config.seed)
     overrides = {k: v for k, v in (("attention", config.attention), ("prediction", config.prediction))
                  if v and v != getattr(model.config.dit, k)}
+    if config.init and config.frame_position is not None and config.frame_position != model.config.dit.frame_position:
+        raise ValueError(f"TrainConfig: frame_position={config.frame_position} differs from the model in {config.init} "
+                         f"({model.config.dit.frame_position}); it changes the weights, so train a fresh model for it")
     if overrides:
         if model.config.dit.output_channels(overrides.get("prediction", model.config.dit.prediction)) \
                 != model.config.dit.vid_out_channels:

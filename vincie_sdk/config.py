@@ -69,6 +69,11 @@ class DiTConfig:
     # can read x_t where the frame changes and copy the source exactly elsewhere; the output has twice
     # the latent channels (residual | gate logits).
     prediction: PredictionKind = "velocity"
+    # Absolute in-frame position (our addition; 0 = off, the official models): sinusoidal features of each
+    # token's row and column in its frame, at this many frequencies per axis, projected and added to the
+    # frame's tokens. RoPE only tells a token where it is relative to others; "add ... at the top left" also
+    # needs "where in the frame am I", which a uniform background cannot tell through relative offsets.
+    frame_position: int = 0
 
     def output_channels(self, prediction: str) -> int:
         """The output width ``prediction`` needs: one latent (x_t | condition | flag come in), two gated."""
@@ -103,6 +108,8 @@ class DiTConfig:
             raise ValueError(f"DiTConfig: prediction={self.prediction!r} needs vid_out_channels="
                              f"{self.output_channels(self.prediction)} for vid_in_channels={self.vid_in_channels}, "
                              f"got {self.vid_out_channels}")
+        if self.frame_position < 0:
+            raise ValueError(f"DiTConfig: frame_position={self.frame_position} must be >= 0 (0 = off)")
         if self.attention not in ("full", "block_causal"):
             raise ValueError(f"DiTConfig: attention={self.attention!r}; use 'full' or 'block_causal'")
 

@@ -16,9 +16,15 @@ from vincie_sdk.sampler import FlowMatchSampler
 BC_TINY = dataclasses.replace(TINY, name="tiny-bc", dit=dataclasses.replace(TINY.dit, attention="block_causal"))
 
 
-@pytest.fixture(scope="module")
-def bc_model():
-    return VincieModel.from_random(BC_TINY, seed=1)
+@pytest.fixture(scope="module", params=[0, 4], ids=["rope-only", "frame-position"])
+def bc_model(request):
+    """The block-causal tiny model, without and with absolute in-frame positions (``frame_position``):
+    every test here must hold for both (positions are added per frame, so caching sees them too)."""
+    config = dataclasses.replace(BC_TINY, dit=dataclasses.replace(BC_TINY.dit, frame_position=request.param))
+    model = VincieModel.from_random(config, seed=1)
+    if request.param:  # a fresh projection is zero; make the positions matter
+        torch.nn.init.normal_(model.dit.vid_pos.proj.weight, std=0.5, generator=torch.Generator().manual_seed(0))
+    return model
 
 
 def _sequence(dit, n_frames=3, targets=(1, 2), seed=0, null=None, dropped=()):
@@ -128,6 +134,22 @@ def test_block_causal_session(bc_model, source_image):
     assert np.array_equal(np.asarray(fresh.edit("add a red circle")), np.asarray(a))
     m = s.predict_mask("remove it")
     assert m.size == s.size
+
+
+def test_frame_position_features():
+    """Absolute positions: zero at the start (a fresh model equals one without them), different per
+    cell, repeated per frame, and the same relative cell at any resolution."""
+    from vincie_sdk.models.dit import FramePosition
+
+    pos = FramePosition(3, 8)
+    assert not pos((2, 4, 4), torch.device("cpu"), torch.float32).any()
+    torch.nn.init.normal_(pos.proj.weight, generator=torch.Generator().manual_seed(0))
+    out = pos((2, 4, 4), torch.device("cpu"), torch.float32)
+    assert out.shape == (32, 8) and torch.equal(out[:16], out[16:])
+    assert torch.cdist(out[:16], out[:16]).add(torch.eye(16)).min() > 1e-3  # every cell distinct
+    fine = pos((1, 9, 9), torch.device("cpu"), torch.float32).reshape(9, 9, 8)
+    coarse = pos((1, 3, 3), torch.device("cpu"), torch.float32).reshape(3, 3, 8)
+    assert torch.allclose(fine[1::3, 1::3], coarse, atol=1e-5)  # cell (i, j) of 3x3 is cell (3i+1, 3j+1) of 9x9
 
 
 def test_source_residual_zero_output_copies_the_source():

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -132,6 +133,34 @@ class PatchIn(nn.Module):
         t, h, w, c = x.shape
         x = x.reshape(t // pt, pt, h // ph, ph, w // pw, pw, c).permute(0, 2, 4, 1, 3, 5, 6)
         return self.proj(x.reshape((t // pt) * (h // ph) * (w // pw), pt * ph * pw * c))
+
+
+class FramePosition(nn.Module):
+    """Absolute position of a token inside its frame (``DiTConfig.frame_position``), added to its embedding.
+
+    Row and column are mapped to [-1, 1] (cell centres), so the features do not depend on the resolution,
+    then to ``sin/cos(pi k u / 2)`` for k = 1..F, and projected to the model width. The projection starts at
+    zero: a fresh model sees exactly what it would without this module.
+    """
+
+    def __init__(self, frequencies: int, dim: int) -> None:
+        super().__init__()
+        self.frequencies = frequencies
+        self.proj = nn.Linear(4 * frequencies, dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def _axis(self, n: int, device: torch.device) -> torch.Tensor:
+        u = (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n * 2 - 1
+        angles = u[:, None] * (torch.arange(1, self.frequencies + 1, device=device, dtype=torch.float32) * math.pi / 2)
+        return torch.cat((angles.sin(), angles.cos()), -1)  # (n, 2F)
+
+    def forward(self, grid: tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(t * h * w, dim) for a post-patch (t, h, w) token grid in row-major order."""
+        t, h, w = grid
+        rows, cols = self._axis(h, device), self._axis(w, device)
+        feats = torch.cat((rows[:, None].expand(h, w, -1), cols[None].expand(h, w, -1)), -1).reshape(h * w, -1)
+        return self.proj(feats.to(dtype)).repeat(t, 1)
 
 
 class PatchOut(nn.Module):
@@ -325,6 +354,7 @@ class VincieTransformer(nn.Module):
         self.config = config
         c = config
         self.vid_in = PatchIn(c.vid_in_channels, c.patch_size, c.vid_dim)
+        self.vid_pos = FramePosition(c.frame_position, c.vid_dim) if c.frame_position else None
         self.txt_in = nn.Linear(c.txt_in_dim, c.vid_dim)
         self.emb_in = TimeEmbedding(c.time_embed_dim, c.vid_dim, c.emb_dim)
         self.blocks = nn.ModuleList(
@@ -407,6 +437,8 @@ class VincieTransformer(nn.Module):
         channels = vid.shape[-1]
         vid_tokens = [self.vid_in(x.reshape(*shape, channels)) for x, shape in
                       zip(vid.to(dtype).split([t * h * w for t, h, w in vid_shape.tolist()]), vid_shape.tolist())]
+        if self.vid_pos is not None:
+            vid_tokens = [x + self.vid_pos(grid, x.device, dtype) for x, grid in zip(vid_tokens, layout.vid_grids)]
         vid = torch.cat(vid_tokens)
 
         emb = self.emb_in(timestep, dtype).unflatten(-1, (self.config.vid_dim, 2, 3))  # (B|N, D, 2, 3)
