@@ -94,9 +94,12 @@ class TrainConfig(ObjectiveConfig):
     # Override the preset's DiT patch (t, h, w) in latent pixels: the token size. Fresh models only (it
     # changes the DiT's shapes); the exported config records it.
     patch_size: tuple[int, int, int] | None = None
-    # Override the preset's ``DiTConfig.frame_position`` (absolute in-frame position features, 0 = off).
-    # Fresh models only (it adds weights).
+    # Override the preset's ``DiTConfig.frame_position`` (absolute in-frame position features, 0 = off),
+    # ``pixel_head`` (hidden channels of the per-pixel output head, 0 = off) and ``pixel_fold``. Fresh
+    # models only (they change the weights).
     frame_position: int | None = None
+    pixel_head: int | None = None
+    pixel_fold: int | None = None
     init: str | None = None  # a model folder to start from (e.g. the trained autoencoder + fresh DiT)
     vae: str | None = None  # folder with vae.safetensors (+ vae_config.json) for a fresh model
     train_text_encoder: bool = True
@@ -502,17 +505,18 @@ def build_model(config: TrainConfig, pool: "SessionPool") -> VincieModel:
         preset = get_preset(config.preset)
         if config.patch_size:
             preset = preset.replace(dit=dataclasses.replace(preset.dit, patch_size=tuple(config.patch_size)))
-        if config.frame_position is not None:
-            preset = preset.replace(dit=dataclasses.replace(preset.dit, frame_position=config.frame_position))
+        if _architecture(config):
+            preset = preset.replace(dit=dataclasses.replace(preset.dit, **_architecture(config)))
         if config.prediction:  # may change the output width, so before the weights exist
             preset = preset.replace(dit=dataclasses.replace(preset.dit, prediction=config.prediction,
                                                             vid_out_channels=preset.dit.output_channels(config.prediction)))
         model = fresh_model(preset, vae_dir=config.vae, vocab=vocab, seed=config.seed)
     overrides = {k: v for k, v in (("attention", config.attention), ("prediction", config.prediction))
                  if v and v != getattr(model.config.dit, k)}
-    if config.init and config.frame_position is not None and config.frame_position != model.config.dit.frame_position:
-        raise ValueError(f"TrainConfig: frame_position={config.frame_position} differs from the model in {config.init} "
-                         f"({model.config.dit.frame_position}); it changes the weights, so train a fresh model for it")
+    for key, value in _architecture(config).items() if config.init else ():
+        if value != getattr(model.config.dit, key):
+            raise ValueError(f"TrainConfig: {key}={value} differs from the model in {config.init} "
+                             f"({getattr(model.config.dit, key)}); it changes the weights, so train a fresh model for it")
     if overrides:
         if model.config.dit.output_channels(overrides.get("prediction", model.config.dit.prediction)) \
                 != model.config.dit.vid_out_channels:
@@ -522,6 +526,12 @@ def build_model(config: TrainConfig, pool: "SessionPool") -> VincieModel:
         model.config = model.config.replace(dit=new_dit_cfg)
         model.dit.config = new_dit_cfg
     return model
+
+
+def _architecture(config: TrainConfig) -> dict:
+    """The DiT fields this run sets beyond its preset (the weight-changing overrides, fresh models only)."""
+    return {k: getattr(config, k) for k in ("frame_position", "pixel_head", "pixel_fold")
+            if getattr(config, k) is not None}
 
 
 def step_generators(seed: int, step: int, rank: int) -> tuple[np.random.Generator, torch.Generator]:

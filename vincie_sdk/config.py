@@ -74,6 +74,14 @@ class DiTConfig:
     # frame's tokens. RoPE only tells a token where it is relative to others; "add ... at the top left" also
     # needs "where in the frame am I", which a uniform background cannot tell through relative offsets.
     frame_position: int = 0
+    # Per-pixel output head (our addition; 0 = off, the official linear patch output): this many hidden
+    # channels per pixel, two 3x3 convolutions over [token features unfolded to pixels | x_t | source]
+    # at pixel resolution, added to the linear output. ``pixel_fold`` is how many pixels per latent cell
+    # side (the pixel autoencoder's space-to-depth factor; 1 for a learned VAE's latents). A token's
+    # linear output must draw its whole patch from one vector; the head draws each pixel from its own
+    # input values and neighbours, which is what sharp, small shapes need.
+    pixel_head: int = 0
+    pixel_fold: int = 1
 
     def output_channels(self, prediction: str) -> int:
         """The output width ``prediction`` needs: one latent (x_t | condition | flag come in), two gated."""
@@ -110,6 +118,13 @@ class DiTConfig:
                              f"got {self.vid_out_channels}")
         if self.frame_position < 0:
             raise ValueError(f"DiTConfig: frame_position={self.frame_position} must be >= 0 (0 = off)")
+        if self.pixel_head < 0 or self.pixel_fold < 1:
+            raise ValueError(f"DiTConfig: pixel_head={self.pixel_head} must be >= 0 and pixel_fold={self.pixel_fold} >= 1")
+        if self.pixel_head and (((self.vid_in_channels - 1) // 2) % self.pixel_fold ** 2
+                                or self.vid_out_channels % self.pixel_fold ** 2):
+            raise ValueError(f"DiTConfig: pixel_fold={self.pixel_fold} must divide the latent into pixels: "
+                             f"({self.vid_in_channels} - 1) / 2 and {self.vid_out_channels} must be multiples of "
+                             f"{self.pixel_fold ** 2}")
         if self.attention not in ("full", "block_causal"):
             raise ValueError(f"DiTConfig: attention={self.attention!r}; use 'full' or 'block_causal'")
 

@@ -16,14 +16,19 @@ from vincie_sdk.sampler import FlowMatchSampler
 BC_TINY = dataclasses.replace(TINY, name="tiny-bc", dit=dataclasses.replace(TINY.dit, attention="block_causal"))
 
 
-@pytest.fixture(scope="module", params=[0, 4], ids=["rope-only", "frame-position"])
+@pytest.fixture(scope="module", params=[{}, {"frame_position": 4}, {"pixel_head": 8, "pixel_fold": 2}],
+                ids=["plain", "frame-position", "pixel-head"])
 def bc_model(request):
-    """The block-causal tiny model, without and with absolute in-frame positions (``frame_position``):
-    every test here must hold for both (positions are added per frame, so caching sees them too)."""
-    config = dataclasses.replace(BC_TINY, dit=dataclasses.replace(BC_TINY.dit, frame_position=request.param))
+    """The block-causal tiny model, plain, with absolute in-frame positions (``frame_position``) and with
+    the per-pixel output head: every test here must hold for all (both work per frame, so the KV cache
+    and the block-causal mask see them too)."""
+    config = dataclasses.replace(BC_TINY, dit=dataclasses.replace(BC_TINY.dit, **request.param))
     model = VincieModel.from_random(config, seed=1)
-    if request.param:  # a fresh projection is zero; make the positions matter
-        torch.nn.init.normal_(model.dit.vid_pos.proj.weight, std=0.5, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    if model.dit.vid_pos is not None:  # a fresh projection is zero; make the positions matter
+        torch.nn.init.normal_(model.dit.vid_pos.proj.weight, std=0.5, generator=g)
+    if model.dit.pixel_head is not None:
+        torch.nn.init.normal_(model.dit.pixel_head.conv2.weight, std=0.5, generator=g)
     return model
 
 
@@ -150,6 +155,32 @@ def test_frame_position_features():
     fine = pos((1, 9, 9), torch.device("cpu"), torch.float32).reshape(9, 9, 8)
     coarse = pos((1, 3, 3), torch.device("cpu"), torch.float32).reshape(3, 3, 8)
     assert torch.allclose(fine[1::3, 1::3], coarse, atol=1e-5)  # cell (i, j) of 3x3 is cell (3i+1, 3j+1) of 9x9
+
+
+def test_pixel_head_folds_pixels_like_the_pixel_autoencoder():
+    """The head unfolds x_t to pixels and folds its outputs back exactly as the pixel patcher does: with
+    weights that pass x_t straight through, its output is the x_t latent (both groups of a gated output)."""
+    from vincie_sdk.config import VAEConfig
+    from vincie_sdk.models.dit import PixelHead
+    from vincie_sdk.models.patcher import PixelPatcher
+
+    cfg = dataclasses.replace(TINY.dit, vid_in_channels=2 * 48 + 1, vid_out_channels=96, pixel_head=3, pixel_fold=4,
+                              prediction="source_gated", patch_size=(1, 1, 1))
+    head = PixelHead(cfg)
+    b = 20.0  # silu(z + b) = z + b for z << b: the convolutions become linear
+    with torch.no_grad():
+        head.expand.weight.zero_(); head.expand.bias.zero_()
+        head.conv1.weight.zero_(); head.conv1.bias.fill_(b)
+        head.conv2.weight.zero_(); head.conv2.bias.fill_(-b)
+        for c in range(3):
+            head.conv1.weight[c, 3 + c, 1, 1] = 1.0  # hidden c = x_t colour c (inputs: hidden 3, x_t 3, source 3)
+            head.conv2.weight[c, c, 1, 1] = head.conv2.weight[3 + c, c, 1, 1] = 1.0
+    images = torch.rand(2, 3, 16, 12) * 2 - 1
+    latents = PixelPatcher(VAEConfig(kind="pixel", spatial_downsample_factor=4, latent_channels=48)).encode_images(images)
+    raw = torch.cat((latents, torch.randn_like(latents), torch.ones(2, 4, 3, 1)), -1)
+    out = head(torch.randn(2 * 4 * 3, cfg.vid_dim), (2, 4, 3), raw)
+    assert out.shape == (2, 4, 3, 96)
+    assert torch.allclose(out[..., :48], latents, atol=1e-4) and torch.allclose(out[..., 48:], latents, atol=1e-4)
 
 
 def test_source_residual_zero_output_copies_the_source():

@@ -313,13 +313,14 @@ def test_patch_size_override_sets_the_token_size_of_a_fresh_model(tmp_path, shar
     assert img.size == (32, 32)
 
 
-def test_frame_position_override_trains_and_round_trips(tmp_path, shard):
+def test_architecture_overrides_train_and_round_trip(tmp_path, shard):
     cfg = TrainConfig.from_dict({**dataclasses.asdict(_config(tmp_path, shard, max_steps=3, threads=1)),
                                  "data": {"shards": [str(shard)], "max_turns": 2}, "composition": {},
-                                 "frame_position": 3})
+                                 "frame_position": 3, "pixel_head": 4})
     out = train(cfg, progress=False)
     model = VincieModel.from_pretrained(out)
-    assert model.config.dit.frame_position == 3 and model.dit.vid_pos.proj.weight.abs().sum() > 0  # trained
+    assert model.config.dit.frame_position == 3 and model.config.dit.pixel_head == 4
+    assert model.dit.vid_pos.proj.weight.abs().sum() > 0 and model.dit.pixel_head.conv2.weight.abs().sum() > 0  # trained
     img = Session(model, _record(np.random.default_rng(5)).frames[0], steps=2).edit("add a red circle")
     assert img.size == (32, 32)
     # Continuing from that model with another setting would silently drop or invent weights: refused.

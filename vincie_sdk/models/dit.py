@@ -177,6 +177,49 @@ class PatchOut(nn.Module):
         return x.reshape(t * pt, h * ph, w * pw, self.channels)
 
 
+class PixelHead(nn.Module):
+    """Per-pixel output refinement (``DiTConfig.pixel_head``), added to the linear patch output.
+
+    Each token's features are expanded to ``hidden`` channels per pixel of its patch; with the pixel's
+    own x_t and source values (the first two latents of the DiT input, unfolded by ``pixel_fold``), two
+    3x3 convolutions give per-pixel outputs, folded back to latent channels group by group (one group
+    for a residual, two for a gated residual). The last convolution starts at zero.
+    """
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        f, hidden = cfg.pixel_fold, cfg.pixel_head
+        self.fold, self.hidden, self.patch = f, hidden, cfg.patch_size
+        self.latent = (cfg.vid_in_channels - 1) // 2
+        self.px_in = self.latent // (f * f)
+        self.groups = cfg.vid_out_channels // self.latent if cfg.vid_out_channels % self.latent == 0 else None
+        if self.groups is None:
+            raise ValueError(f"DiTConfig: pixel_head needs vid_out_channels ({cfg.vid_out_channels}) to be a multiple "
+                             f"of the latent channels ({self.latent})")
+        pt, ph, pw = cfg.patch_size
+        self.expand = nn.Linear(cfg.vid_dim, pt * ph * pw * f * f * hidden)
+        self.conv1 = nn.Conv2d(hidden + 2 * self.px_in, hidden, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden, self.groups * self.px_in, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int, int], raw: torch.Tensor) -> torch.Tensor:
+        """x (L, dim) tokens of one sample, raw (T, H, W, vid_in_channels) its input → (T, H, W, out)."""
+        pt, ph, pw = self.patch
+        t, h, w = grid
+        f, c = self.fold, self.hidden
+        feats = self.expand(x).reshape(t, h, w, pt, ph, pw, f * f * c).permute(0, 3, 1, 4, 2, 5, 6)
+        T, H, W = t * pt, h * ph, w * pw
+        if T == 0:  # a text-only block; (un)shuffling an empty batch returns its input unchanged
+            return x.new_zeros(0, H, W, self.groups * self.latent)
+        feats = feats.reshape(T, H, W, f, f, c).permute(0, 5, 1, 3, 2, 4).reshape(T, c, H * f, W * f)
+        pixels = [F.pixel_shuffle(raw[..., k * self.latent:(k + 1) * self.latent].permute(0, 3, 1, 2).to(feats.dtype), f)
+                  for k in (0, 1)]  # x_t and source, (T, px_in, H f, W f)
+        out = self.conv2(F.silu(self.conv1(torch.cat([feats] + pixels, 1))))
+        groups = [F.pixel_unshuffle(g, f) for g in out.split(self.px_in, 1)]  # each (T, latent, H, W)
+        return torch.cat(groups, 1).permute(0, 2, 3, 1)
+
+
 class PromptEmbedding(nn.Module):
     """Turn ("prompt id") embeddings in text-encoder space, prepended to each prompt's tokens."""
 
@@ -364,6 +407,7 @@ class VincieTransformer(nn.Module):
         self.vid_out_norm = RMSNorm(c.vid_dim, c.norm_eps, affine=True)
         self.vid_out_ada = AdaSingle(c.vid_dim, ["out"], gates=False)
         self.vid_out = PatchOut(c.vid_dim, c.vid_out_channels, c.patch_size)
+        self.pixel_head = PixelHead(c) if c.pixel_head else None
         self.prompt_id_embedding = PromptEmbedding(c.max_num_prompts, c.txt_in_dim)
         self.gradient_checkpointing = False
 
@@ -435,8 +479,9 @@ class VincieTransformer(nn.Module):
         dtype = self.txt_in.weight.dtype
         txt = self.txt_in(txt.to(dtype))
         channels = vid.shape[-1]
-        vid_tokens = [self.vid_in(x.reshape(*shape, channels)) for x, shape in
-                      zip(vid.to(dtype).split([t * h * w for t, h, w in vid_shape.tolist()]), vid_shape.tolist())]
+        raws = [x.reshape(*shape, channels) for x, shape in
+                zip(vid.to(dtype).split([t * h * w for t, h, w in vid_shape.tolist()]), vid_shape.tolist())]
+        vid_tokens = [self.vid_in(x) for x in raws]
         if self.vid_pos is not None:
             vid_tokens = [x + self.vid_pos(grid, x.device, dtype) for x, grid in zip(vid_tokens, layout.vid_grids)]
         vid = torch.cat(vid_tokens)
@@ -459,4 +504,7 @@ class VincieTransformer(nn.Module):
         # Official quirk: the output layer reuses the *attention* slice of the block modulation.
         vid = self.vid_out_ada.modulate(self.vid_out_norm(vid), vid_emb[:, :, 0], "out")
         outs = [self.vid_out(x, grid) for x, grid in zip(vid.split(layout.vid_lens), layout.vid_grids)]
+        if self.pixel_head is not None:
+            outs = [o + self.pixel_head(x, grid, raw) for o, x, grid, raw in
+                    zip(outs, vid.split(layout.vid_lens), layout.vid_grids, raws)]
         return torch.cat([o.reshape(-1, o.shape[-1]) for o in outs])
