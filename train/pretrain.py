@@ -36,6 +36,7 @@ from vincie_sdk.prompts import FrameKind
 from vincie_sdk.sampler import FlowMatchSampler
 
 from .data.format import CAMERA_NONE, SessionRecord
+from .degrade import degrade_pixels
 from .tasks import ComposedSession, CompositionConfig, compose, without_dropped
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,14 @@ class ObjectiveConfig:
     # weight. Upweighting whole-frame changes made the model hedge at t ~ T between copying its source and
     # repainting every pixel (white backgrounds came out grey before the text could decide).
     changed_max_share: float = 0.3
+    # History degradation (block-causal, pixel-space models; ``vincie_train.degrade``): the probability that
+    # a history image after the first is seen, as context only, blurred (Gaussian sigma uniform up to
+    # ``context_blur`` pixels) and noised (std uniform up to ``context_noise``, images in [-1, 1]). At
+    # inference those frames are the model's own outputs; trained on exact frames only, ``vincie-shapes``
+    # failed most second turns.
+    context_degrade: float = 0.0
+    context_blur: float = 0.8
+    context_noise: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -250,6 +259,10 @@ class Objective:
         self.max_cached = 200_000
         self.config = config
         self.resolution = resolution
+        if config.context_degrade and (dit.config.attention != "block_causal"
+                                       or getattr(getattr(vae, "config", None), "kind", None) != "pixel"):
+            raise ValueError("context_degrade needs a block-causal model in pixel space (it degrades history "
+                             "frames in pixels each step; through a learned VAE that would be slow and lossy)")
         if config.changed_weight and dit.config.attention == "full" and dit.config.prediction == "velocity":
             raise ValueError("changed_weight needs the target's source latent, which the official full-attention "
                              "layout does not give a velocity model: use prediction 'source_residual' or the "
@@ -331,10 +344,11 @@ class Objective:
             nulls = [prompts[n + k - 1] if k in s.text_dropped else None for k in targets]
             bases = [None if s.kinds[k] == FrameKind.IMAGE else blank for k in targets]
             sequences.append(bc.TrainingSequence(lat, prompts[:n], s.sources, targets, t, noise, nulls, set(s.dropped),
-                                                 bases))
+                                                 bases, self._degraded_history(s, lat, rng)))
         packed = bc.pack_training(self.dit, self.sampler, sequences)
         packed = dataclasses.replace(packed, **{f: getattr(packed, f).to(device) for f in
-                                                ("vid", "txt", "velocity", "x_t", "x0", "source", "row_timesteps")})
+                                                ("vid", "txt", "velocity", "x_t", "x0", "source", "row_timesteps",
+                                                 "exact_source")})
         out = bc.training_velocity(self.dit, packed, forward=self.forward)
         prediction, clamp = self.dit.config.prediction, self.config.min_sigma
         per_row = (packed.velocity_of(out.float(), self.sampler, prediction, clamp)
@@ -343,7 +357,28 @@ class Objective:
                             device=device)  # loss rows per target (sessions may differ in size)
         is_image = torch.tensor([s.kinds[k] == FrameKind.IMAGE for s in sessions for k in s.targets],
                                 device=device).repeat_interleave(rows)
-        return self._weighted(per_row, packed.x0, packed.source, is_image, rows)
+        return self._weighted(per_row, packed.x0, packed.exact_source, is_image, rows)
+
+    @torch.no_grad()
+    def _degraded_history(self, s: ComposedSession, lat: torch.Tensor, rng: torch.Generator) -> torch.Tensor | None:
+        """The latents the history shows (``TrainingSequence.context``): each image after the first is,
+        with probability ``context_degrade``, blurred and noised in pixel space; None if none is."""
+        c = self.config
+        if not c.context_degrade:
+            return None
+        picks = [k for k in range(1, len(s.kinds)) if s.kinds[k] == FrameKind.IMAGE
+                 and float(torch.rand(1, generator=rng)) < c.context_degrade]
+        if not picks:
+            return None
+        n = len(picks)
+        blur = torch.rand(n, generator=rng) * c.context_blur
+        noise = torch.rand(n, generator=rng) * c.context_noise
+        pixels = self.vae.decode_images(lat[picks].to(self.vae.dtype))
+        degraded = self.vae.encode_images(degrade_pixels(pixels.float(), blur, noise, rng).to(self.vae.dtype),
+                                          sample=False).to(lat)
+        out = lat.clone()
+        out[picks] = degraded
+        return out
 
     def _weighted(self, per_row: torch.Tensor, x0: torch.Tensor, source: torch.Tensor,
                   is_image: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

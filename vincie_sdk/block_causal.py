@@ -48,6 +48,8 @@ class TrainingSequence:
             the targets that are generated from them.
         residual_bases: per target, None or the latent a residual output (``DiTConfig.residual``) is relative to
             instead of the source (a blank frame for mask targets; see ``DiTConfig.prediction``).
+        context: optional (N+1, h, w, C) latents the history shows instead of ``latents`` (clean blocks and
+            sources; e.g. degraded stand-ins for the model's own outputs); targets stay ``latents``.
     """
 
     latents: torch.Tensor
@@ -59,6 +61,7 @@ class TrainingSequence:
     null_prompts: list[torch.Tensor | None] = field(default_factory=list)
     dropped: set[int] = field(default_factory=set)
     residual_bases: list[torch.Tensor | None] = field(default_factory=list)
+    context: torch.Tensor | None = None
 
 
 @dataclass
@@ -80,6 +83,7 @@ class PackedTraining:
     x0: torch.Tensor | None = None
     source: torch.Tensor | None = None
     row_timesteps: torch.Tensor | None = None
+    exact_source: torch.Tensor | None = None  # ``source`` before any context degradation
 
     def velocity_of(self, output: torch.Tensor, sampler, prediction: str, min_sigma: float = 0.0) -> torch.Tensor:
         """Velocity that ``output`` (the network output on ``loss_rows``) stands for."""
@@ -108,23 +112,25 @@ def build_training_sequence(seq: TrainingSequence, sampler, patch: tuple[int, in
     per_frame = gh * gw
 
     # Video stream: the clean frames some target can see, then the noisy targets.
+    history = seq.context if seq.context is not None else seq.latents
     chans, vpos = [], []
     block_of_token: list[tuple[str, int]] = []
     for k in seen_clean_frames(seq):
-        chans.append(_frame_channels(seq.latents[k], None))
+        chans.append(_frame_channels(history[k], None))
         vpos.append(video_positions(1, gh, gw, offset=k))
         block_of_token += [("F", k)] * per_frame
-    xts, velocities, sources = [], [], []
+    xts, velocities, sources, exact = [], [], [], []
     for j, k in enumerate(seq.targets):
         x0 = seq.latents[k]
         t = seq.timesteps[j]
         xt = sampler.add_noise(x0, seq.noise[j], t)
         xts.append(xt)
         velocities.append(sampler.velocity_target(x0, seq.noise[j]))
-        source = seq.latents[seq.sources[k - 1]]
+        source = history[seq.sources[k - 1]]
         chans.append(_frame_channels(xt, source))
         base = seq.residual_bases[j] if seq.residual_bases else None
         sources.append(source if base is None else base)
+        exact.append(seq.latents[seq.sources[k - 1]] if base is None else base)
         vpos.append(video_positions(1, gh, gw, offset=k))
         block_of_token += [("N", j)] * per_frame
 
@@ -155,6 +161,7 @@ def build_training_sequence(seq: TrainingSequence, sampler, patch: tuple[int, in
         "x_t": torch.stack(xts) if xts else seq.latents.new_zeros(0, h, w, c),
         "x0": seq.latents[list(seq.targets)],
         "source": torch.stack(sources) if sources else seq.latents.new_zeros(0, h, w, c),
+        "exact_source": torch.stack(exact) if exact else seq.latents.new_zeros(0, h, w, c),
     }
 
 
@@ -220,7 +227,7 @@ def pack_training(model: VincieTransformer, sampler, sequences: list[TrainingSeq
     patch = model.config.patch_size
     timesteps = [torch.zeros(1)]
     vids, shapes, txts, txt_lens, positions, masks, ids, loss_rows, velocities = [], [], [], [], [], [], [], [], []
-    xts, x0s, srcs, row_t = [], [], [], []
+    xts, x0s, srcs, row_t, exact = [], [], [], [], []
     row = 0
     for seq in sequences:
         built = build_training_sequence(seq, sampler, patch)
@@ -243,11 +250,13 @@ def pack_training(model: VincieTransformer, sampler, sequences: list[TrainingSeq
         xts.append(built["x_t"].reshape(-1, c))
         x0s.append(built["x0"].reshape(-1, c))
         srcs.append(built["source"].reshape(-1, c))
+        exact.append(built["exact_source"].reshape(-1, c))
         row_t.append(seq.timesteps.float().reshape(-1).repeat_interleave(h * w))
         row += t_frames * h * w
     return PackedTraining(torch.cat(vids), torch.tensor(shapes), torch.cat(txts), torch.tensor(txt_lens),
                           torch.cat(timesteps), torch.cat(ids), positions, masks, torch.cat(loss_rows),
-                          torch.cat(velocities), torch.cat(xts), torch.cat(x0s), torch.cat(srcs), torch.cat(row_t))
+                          torch.cat(velocities), torch.cat(xts), torch.cat(x0s), torch.cat(srcs), torch.cat(row_t),
+                          torch.cat(exact))
 
 
 def training_velocity(model: VincieTransformer, packed: PackedTraining, forward=None) -> torch.Tensor:

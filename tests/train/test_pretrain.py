@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from vincie_train.data.format import SessionRecord, ShardWriter, TurnRecord
 from vincie_train.pretrain import DataConfig, TrainConfig, lr_lambda, train
 from vincie_train.synth.dynamics import WorldConfig, sample_transition_session
@@ -327,3 +328,44 @@ def test_architecture_overrides_train_and_round_trip(tmp_path, shard):
     other = dataclasses.replace(cfg, out_dir=str(tmp_path / "again"), init=str(out), frame_position=0)
     with pytest.raises(ValueError, match="frame_position"):
         train(other, progress=False)
+
+
+def test_history_degradation_changes_the_context_only(tmp_path):
+    """With ``context_degrade`` the history images after the first are blurred and noised as context,
+    the targets stay exact, and the changed-pixel weighting still compares with the exact source."""
+    from vincie_sdk import block_causal as bc
+    from vincie_sdk.config import VAEConfig
+    from vincie_sdk.sampler import FlowMatchSampler
+    from vincie_train.degrade import gaussian_blur
+    from vincie_train.pretrain import Objective, ObjectiveConfig
+
+    pixel = dataclasses.replace(MICRO, vae=VAEConfig(kind="pixel", spatial_downsample_factor=2, latent_channels=12),
+                                dit=dataclasses.replace(MICRO.dit, vid_in_channels=25, vid_out_channels=12,
+                                                        prediction="source_residual"))
+    model = VincieModel.from_random(pixel, seed=0)
+    record = _record(np.random.default_rng(3), n_turns=2)
+    session = compose(record, np.random.default_rng(0), CompositionConfig(roe_prob=0.0, drop_current_frame=0.0,
+                                                                           text_drop=0.0, word_drop=0.0))
+    config = ObjectiveConfig(context_degrade=1.0, context_blur=1.0, context_noise=0.05, changed_weight=4.0)
+    obj = Objective(model.dit, model.vae, model.text_encoder, FlowMatchSampler(model.config.sampler), config,
+                    model.config.session.resolution)
+    lat = obj.encode_frames([session], "cpu")[0]
+    ctx = obj._degraded_history(session, lat, torch.Generator().manual_seed(0))
+    assert torch.equal(ctx[0], lat[0])  # the user's image is never degraded
+    assert all(not torch.equal(ctx[k], lat[k]) for k in range(1, len(lat)))
+    assert (ctx[1] - lat[1]).abs().mean() < 0.2  # degraded, not replaced
+    seq = bc.TrainingSequence(lat, [torch.randn(3, model.config.dit.txt_in_dim)] * 2, [0, 1], [2], torch.tensor([500.0]),
+                              torch.randn(1, *lat.shape[1:]), [None], set(), [None], ctx)
+    packed = bc.pack_training(model.dit, FlowMatchSampler(model.config.sampler), [seq])
+    assert torch.equal(packed.x0.reshape(lat[2].shape), lat[2])  # exact target
+    assert torch.equal(packed.source.reshape(lat[1].shape), ctx[1])  # degraded source
+    assert torch.equal(packed.exact_source.reshape(lat[1].shape), lat[1])
+    # Blur keeps the mean and flattens an edge; sigma 0 is the identity.
+    x = torch.zeros(2, 1, 9, 9); x[:, :, :, 5:] = 1
+    y = gaussian_blur(x, torch.tensor([0.0, 1.0]))
+    assert torch.equal(y[0], x[0]) and 0 < y[1, 0, 4, 4] < 0.5 < y[1, 0, 4, 5] < 1
+    # Full attention has no history blocks; a learned VAE would decode and encode every step.
+    for other in (dataclasses.replace(pixel, dit=dataclasses.replace(pixel.dit, attention="full")), MICRO):
+        m = VincieModel.from_random(other, seed=0)
+        with pytest.raises(ValueError, match="context_degrade"):
+            Objective(m.dit, m.vae, m.text_encoder, FlowMatchSampler(m.config.sampler), config, 32)
