@@ -75,7 +75,7 @@ class DiTConfig:
     # needs "where in the frame am I", which a uniform background cannot tell through relative offsets.
     frame_position: int = 0
     # Per-pixel output head (our addition; 0 = off, the official linear patch output): this many hidden
-    # channels per pixel, two 3x3 convolutions over [token features unfolded to pixels | x_t | source]
+    # channels per pixel, two 3x3 convolutions over [token features unfolded to pixels | source]
     # at pixel resolution, added to the linear output. ``pixel_fold`` is how many pixels per latent cell
     # side (the pixel autoencoder's space-to-depth factor; 1 for a learned VAE's latents). A token's
     # linear output must draw its whole patch from one vector; the head draws each pixel from its own

@@ -158,8 +158,9 @@ def test_frame_position_features():
 
 
 def test_pixel_head_folds_pixels_like_the_pixel_autoencoder():
-    """The head unfolds x_t to pixels and folds its outputs back exactly as the pixel patcher does: with
-    weights that pass x_t straight through, its output is the x_t latent (both groups of a gated output)."""
+    """The head unfolds the source to pixels and folds its outputs back exactly as the pixel patcher does:
+    with weights that pass the source straight through, its output is the source latent (both groups of a
+    gated output); x_t does not reach it."""
     from vincie_sdk.config import VAEConfig
     from vincie_sdk.models.dit import PixelHead
     from vincie_sdk.models.patcher import PixelPatcher
@@ -173,11 +174,11 @@ def test_pixel_head_folds_pixels_like_the_pixel_autoencoder():
         head.conv1.weight.zero_(); head.conv1.bias.fill_(b)
         head.conv2.weight.zero_(); head.conv2.bias.fill_(-b)
         for c in range(3):
-            head.conv1.weight[c, 3 + c, 1, 1] = 1.0  # hidden c = x_t colour c (inputs: hidden 3, x_t 3, source 3)
+            head.conv1.weight[c, 3 + c, 1, 1] = 1.0  # hidden c = source colour c (inputs: hidden 3, source 3)
             head.conv2.weight[c, c, 1, 1] = head.conv2.weight[3 + c, c, 1, 1] = 1.0
     images = torch.rand(2, 3, 16, 12) * 2 - 1
     latents = PixelPatcher(VAEConfig(kind="pixel", spatial_downsample_factor=4, latent_channels=48)).encode_images(images)
-    raw = torch.cat((latents, torch.randn_like(latents), torch.ones(2, 4, 3, 1)), -1)
+    raw = torch.cat((torch.randn_like(latents), latents, torch.ones(2, 4, 3, 1)), -1)  # [x_t | source | flag]
     out = head(torch.randn(2 * 4 * 3, cfg.vid_dim), (2, 4, 3), raw)
     assert out.shape == (2, 4, 3, 96)
     assert torch.allclose(out[..., :48], latents, atol=1e-4) and torch.allclose(out[..., 48:], latents, atol=1e-4)

@@ -181,9 +181,11 @@ class PixelHead(nn.Module):
     """Per-pixel output refinement (``DiTConfig.pixel_head``), added to the linear patch output.
 
     Each token's features are expanded to ``hidden`` channels per pixel of its patch; with the pixel's
-    own x_t and source values (the first two latents of the DiT input, unfolded by ``pixel_fold``), two
-    3x3 convolutions give per-pixel outputs, folded back to latent channels group by group (one group
-    for a residual, two for a gated residual). The last convolution starts at zero.
+    own source value (the DiT input's second latent, unfolded by ``pixel_fold``), two 3x3 convolutions
+    give per-pixel outputs, folded back to latent channels group by group (one group for a residual, two
+    for a gated residual). The last convolution starts at zero. The head does not see x_t: it has no
+    timestep, and a first version that read x_t put its noise on unchanged objects at high noise levels
+    (reading x_t is the gate's job, which the transformer controls per timestep).
     """
 
     def __init__(self, cfg: DiTConfig) -> None:
@@ -198,7 +200,7 @@ class PixelHead(nn.Module):
                              f"of the latent channels ({self.latent})")
         pt, ph, pw = cfg.patch_size
         self.expand = nn.Linear(cfg.vid_dim, pt * ph * pw * f * f * hidden)
-        self.conv1 = nn.Conv2d(hidden + 2 * self.px_in, hidden, 3, padding=1)
+        self.conv1 = nn.Conv2d(hidden + self.px_in, hidden, 3, padding=1)
         self.conv2 = nn.Conv2d(hidden, self.groups * self.px_in, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
@@ -213,9 +215,8 @@ class PixelHead(nn.Module):
         if T == 0:  # a text-only block; (un)shuffling an empty batch returns its input unchanged
             return x.new_zeros(0, H, W, self.groups * self.latent)
         feats = feats.reshape(T, H, W, f, f, c).permute(0, 5, 1, 3, 2, 4).reshape(T, c, H * f, W * f)
-        pixels = [F.pixel_shuffle(raw[..., k * self.latent:(k + 1) * self.latent].permute(0, 3, 1, 2).to(feats.dtype), f)
-                  for k in (0, 1)]  # x_t and source, (T, px_in, H f, W f)
-        out = self.conv2(F.silu(self.conv1(torch.cat([feats] + pixels, 1))))
+        source = F.pixel_shuffle(raw[..., self.latent:2 * self.latent].permute(0, 3, 1, 2).to(feats.dtype), f)
+        out = self.conv2(F.silu(self.conv1(torch.cat((feats, source), 1))))  # source: (T, px_in, H f, W f)
         groups = [F.pixel_unshuffle(g, f) for g in out.split(self.px_in, 1)]  # each (T, latent, H, W)
         return torch.cat(groups, 1).permute(0, 2, 3, 1)
 
