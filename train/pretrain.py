@@ -538,8 +538,6 @@ def build_model(config: TrainConfig, pool: "SessionPool") -> VincieModel:
         vocab = prompt_vocabulary((t.instruction for r in pool.corpus for t in r.turns),
                                   (t.camera for r in pool.corpus for t in r.turns))
         preset = get_preset(config.preset)
-        if config.patch_size:
-            preset = preset.replace(dit=dataclasses.replace(preset.dit, patch_size=tuple(config.patch_size)))
         if _architecture(config):
             preset = preset.replace(dit=dataclasses.replace(preset.dit, **_architecture(config)))
         if config.prediction:  # may change the output width, so before the weights exist
@@ -565,8 +563,11 @@ def build_model(config: TrainConfig, pool: "SessionPool") -> VincieModel:
 
 def _architecture(config: TrainConfig) -> dict:
     """The DiT fields this run sets beyond its preset (the weight-changing overrides, fresh models only)."""
-    return {k: getattr(config, k) for k in ("frame_position", "pixel_head", "pixel_fold")
-            if getattr(config, k) is not None}
+    fields = {k: getattr(config, k) for k in ("patch_size", "frame_position", "pixel_head", "pixel_fold")
+              if getattr(config, k) is not None}
+    if "patch_size" in fields:
+        fields["patch_size"] = tuple(fields["patch_size"])
+    return fields
 
 
 def step_generators(seed: int, step: int, rank: int) -> tuple[np.random.Generator, torch.Generator]:
