@@ -210,10 +210,10 @@ class PixelHead(nn.Module):
         pt, ph, pw = self.patch
         t, h, w = grid
         f, c = self.fold, self.hidden
-        feats = self.expand(x).reshape(t, h, w, pt, ph, pw, f * f * c).permute(0, 3, 1, 4, 2, 5, 6)
         T, H, W = t * pt, h * ph, w * pw
         if T == 0:  # a text-only block; (un)shuffling an empty batch returns its input unchanged
             return x.new_zeros(0, H, W, self.groups * self.latent)
+        feats = self.expand(x).reshape(t, h, w, pt, ph, pw, f * f * c).permute(0, 3, 1, 4, 2, 5, 6)
         feats = feats.reshape(T, H, W, f, f, c).permute(0, 5, 1, 3, 2, 4).reshape(T, c, H * f, W * f)
         source = F.pixel_shuffle(raw[..., self.latent:2 * self.latent].permute(0, 3, 1, 2).to(feats.dtype), f)
         out = self.conv2(F.silu(self.conv1(torch.cat((feats, source), 1))))  # source: (T, px_in, H f, W f)
