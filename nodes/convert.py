@@ -40,13 +40,13 @@ def image_to_pils(image: torch.Tensor, what: str = "image") -> list[Image.Image]
     return [Image.fromarray(p.numpy()) for p in pixels]
 
 
-def check_working_size(image: Image.Image, resolution: int, what: str) -> None:
-    """Fail early, with the SDK's clear message, for an image that leaves no 16x16 block at ``resolution``
-    (an extreme aspect ratio); the session would otherwise fail deep inside the VAE."""
+def check_working_size(image: Image.Image, resolution: int, what: str, multiple: int = 16) -> None:
+    """Fail early, with the SDK's clear message, for an image that leaves no ``multiple``-pixel block at
+    ``resolution`` (an extreme aspect ratio); the session would otherwise fail deep inside the VAE."""
     from vincie_sdk.image import working_size
 
     try:
-        working_size(image.size, resolution)
+        working_size(image.size, resolution, multiple)
     except ValueError as e:
         raise ValueError(f"{what}: {e}") from None
 
@@ -82,7 +82,7 @@ def session_images(session) -> torch.Tensor:
     for img in session.images:
         if img.size != session.size:
             img = to_pil(preprocess([img if img.size == first else img.resize(first, Image.BICUBIC)],
-                                    session.resolution)[0])
+                                    session.resolution, session.model.config.session.size_multiple)[0])
         frames.append(img)
     return pils_to_image(frames, session.size)
 

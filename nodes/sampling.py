@@ -128,7 +128,8 @@ class VincieCompose(io.ComfyNode):
 
         refs = [p for i, im in enumerate((image_1, image_2, image_3, image_4), 1) if im is not None
                 for p in convert.image_to_pils(im, f"image_{i}")]
-        convert.check_working_size(refs[0], resolution or model.config.session.resolution, "image_1")
+        convert.check_working_size(refs[0], resolution or model.config.session.resolution, "image_1",
+                                   model.config.session.size_multiple)
         runtime.prepare(model)
         total = int(steps or model.config.sampler.steps)
         s = Session.compose(model, refs, prompt, seed=seed, resolution=resolution or None, steps=steps or None,

@@ -63,7 +63,8 @@ class VincieSessionBuilder(io.ComfyNode):
         if session is not None:
             return io.NodeOutput(_continue(session, model, seed, resolution, negative_prompt, camera_prefix))
         sources = convert.image_to_pils(image)
-        convert.check_working_size(sources[0], resolution or model.config.session.resolution, "image")
+        convert.check_working_size(sources[0], resolution or model.config.session.resolution, "image",
+                                   model.config.session.size_multiple)
         runtime.prepare(model)
         source = sources[0] if len(sources) == 1 else sources  # a batch: frame 0 + references
         return io.NodeOutput(Session(model, source, seed=seed, resolution=resolution or None,

@@ -268,7 +268,7 @@ def _train_lora(config: LoraTrainConfig, out: Path, progress: bool, stop_after: 
     state = resume(ckpt, modules, optimizer, scheduler, ema, lrs=[config.lr])
     forward, optimizer, scheduler = accelerator.prepare(dit, optimizer, scheduler)
     objective = Objective(dit, model.vae, model.text_encoder, FlowMatchSampler(model.config.sampler), config,
-                          resolution, forward=forward)
+                          resolution, forward=forward, size_multiple=model.config.session.size_multiple)
 
     def loss(sessions, gen):
         # LoRA dropout draws from the global generator: seed it from the step, so a resumed run is exact.

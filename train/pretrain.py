@@ -109,6 +109,10 @@ class TrainConfig(ObjectiveConfig):
     frame_position: int | None = None
     pixel_head: int | None = None
     pixel_fold: int | None = None
+    # Override the preset's working resolution (``SessionConfig.resolution``) and the multiple its sides are
+    # cropped to (``size_multiple``); they change no weights and the exported config records them.
+    resolution: int | None = None
+    size_multiple: int | None = None
     init: str | None = None  # a model folder to start from (e.g. the trained autoencoder + fresh DiT)
     vae: str | None = None  # folder with vae.safetensors (+ vae_config.json) for a fresh model
     train_text_encoder: bool = True
@@ -252,13 +256,13 @@ class Objective:
     """Flow-matching loss of a batch of composed sessions, for either attention variant."""
 
     def __init__(self, dit: VincieTransformer, vae, text_encoder, sampler: FlowMatchSampler, config: ObjectiveConfig,
-                 resolution: int, forward=None) -> None:
+                 resolution: int, forward=None, size_multiple: int = 16) -> None:
         self.dit, self.vae, self.text_encoder, self.sampler = dit, vae, text_encoder, sampler
         self.forward = forward or dit  # the (possibly distributed-wrapped) module to call
         self.latent_cache: dict[bytes, torch.Tensor] = {}
         self.max_cached = 200_000
         self.config = config
-        self.resolution = resolution
+        self.resolution, self.size_multiple = resolution, size_multiple
         if config.context_degrade and (dit.config.attention != "block_causal"
                                        or getattr(getattr(vae, "config", None), "kind", None) != "pixel"):
             raise ValueError("context_degrade needs a block-causal model in pixel space (it degrades history "
@@ -291,9 +295,9 @@ class Objective:
         keys = [hashlib.blake2b(img.tobytes() + bytes(str(img.shape), "ascii"), digest_size=16).digest() for img in images]
         todo = {k: img for k, img in zip(keys, images) if k not in self.latent_cache}
         if todo:
-            pixels = preprocess([Image.fromarray(img) for img in todo.values()], self.resolution) \
+            pixels = preprocess([Image.fromarray(img) for img in todo.values()], self.resolution, self.size_multiple) \
                 if len({img.shape for img in todo.values()}) == 1 else \
-                torch.cat([preprocess([Image.fromarray(img)], self.resolution) for img in todo.values()])
+                torch.cat([preprocess([Image.fromarray(img)], self.resolution, self.size_multiple) for img in todo.values()])
             latents = self.vae.encode_images(pixels.to(device, self.vae.dtype), sample=False).float()
             if len(self.latent_cache) + len(todo) > self.max_cached:
                 kept = {k: self.latent_cache[k] for k in keys if k in self.latent_cache}
@@ -558,6 +562,10 @@ def build_model(config: TrainConfig, pool: "SessionPool") -> VincieModel:
         new_dit_cfg = dataclasses.replace(model.config.dit, **overrides)
         model.config = model.config.replace(dit=new_dit_cfg)
         model.dit.config = new_dit_cfg
+    session = {k: v for k, v in (("resolution", config.resolution), ("size_multiple", config.size_multiple))
+               if v is not None}
+    if session:
+        model.config = model.config.replace(session=dataclasses.replace(model.config.session, **session))
     return model
 
 
@@ -628,7 +636,8 @@ def _train(config: TrainConfig, out: Path, progress: bool, stop_after: int | Non
     dit, text, optimizer, scheduler = accelerator.prepare(dit, text, optimizer, scheduler)
     vae.to(device)
     objective = Objective(accelerator.unwrap_model(dit), vae, accelerator.unwrap_model(text),
-                          FlowMatchSampler(model.config.sampler), config, model.config.session.resolution, forward=dit)
+                          FlowMatchSampler(model.config.sampler), config, model.config.session.resolution, forward=dit,
+                          size_multiple=model.config.session.size_multiple)
 
     def trained() -> dict:
         return {"dit": accelerator.unwrap_model(dit), "text_encoder": accelerator.unwrap_model(text)}
@@ -787,7 +796,8 @@ def _first_turns(model: VincieModel, pool: SessionPool, sessions: int):
     composed = [compose(SessionRecord(r.key, r.frames[:2], r.turns[:1], r.provenance), np.random.default_rng(0), plain)
                 for r in records]
     sampler = FlowMatchSampler(model.config.sampler)
-    objective = Objective(model.dit, model.vae, model.text_encoder, sampler, TrainConfig(), model.config.session.resolution)
+    objective = Objective(model.dit, model.vae, model.text_encoder, sampler, TrainConfig(), model.config.session.resolution,
+                          size_multiple=model.config.session.size_multiple)
     latents = objective.encode_frames(composed, model.device)
     prompts = [p[0] for p in objective.fused_prompts([c.prompts for c in composed], model.device)]
     return composed, sampler, latents, prompts

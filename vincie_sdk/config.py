@@ -177,6 +177,10 @@ class SessionConfig:
     """How a session's prompts and images are turned into model inputs."""
 
     resolution: int = 256  # target area is resolution**2
+    # Working sides are cropped to a multiple of this: the pixels per token side (16 = the official VAE's
+    # 8 x patch 2). A pixel-space model with 4x4-pixel tokens can work at 36 px, where the shapes world's
+    # 3x3 grid of object cells falls on whole tokens (docs/training.md, "Grid alignment").
+    size_multiple: int = 16
     pad_img_placeholder: bool = True  # "Based on <IMGj>, ... Output <IMGj+1>: "
     camera_prefix: str = ""  # e.g. STATIC_CAMERA_PREFIX
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
@@ -193,6 +197,13 @@ class VincieConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
+
+    def __post_init__(self) -> None:
+        token = self.vae.spatial_downsample_factor * self.dit.patch_size[1]
+        if self.session.size_multiple % token:
+            raise ValueError(f"config {self.name!r}: session.size_multiple={self.session.size_multiple} is not a "
+                             f"multiple of the token side ({self.vae.spatial_downsample_factor} x patch "
+                             f"{self.dit.patch_size[1]} = {token} px)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -93,18 +93,20 @@ def area_size(height: int, width: int, resolution: int) -> tuple[int, int]:
     return round(height * s), round(width * s)
 
 
-def working_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
-    """Pixel (W, H) that a session at ``resolution`` works at, for a first image of PIL ``size``."""
+def working_size(size: tuple[int, int], resolution: int, multiple: int = DIVISOR) -> tuple[int, int]:
+    """Pixel (W, H) that a session at ``resolution`` works at, for a first image of PIL ``size``; both sides
+    are cropped to a multiple of ``multiple`` (the model's pixels per token side)."""
     h, w = area_size(size[1], size[0], resolution)
-    h, w = h - h % DIVISOR, w - w % DIVISOR
-    if h < DIVISOR or w < DIVISOR:
-        raise ValueError(f"image {size[0]}x{size[1]} at resolution {resolution} leaves no 16x16 block; "
-                         "use a larger resolution or a less extreme aspect ratio")
+    h, w = h - h % multiple, w - w % multiple
+    if h < multiple or w < multiple:
+        raise ValueError(f"image {size[0]}x{size[1]} at resolution {resolution} leaves no {multiple}x{multiple} "
+                         "block; use a larger resolution or a less extreme aspect ratio")
     return w, h
 
 
-def preprocess(images: list[Image.Image], resolution: int) -> torch.Tensor:
-    """Official transform chain → (T, 3, h, w) float32 in [-1, 1]; all images at the first's size."""
+def preprocess(images: list[Image.Image], resolution: int, multiple: int = DIVISOR) -> torch.Tensor:
+    """Official transform chain → (T, 3, h, w) float32 in [-1, 1]; all images at the first's size, both
+    sides center-cropped to a multiple of ``multiple`` (16 for the official models)."""
     ori = images[0].size
     tensors = []
     for img in images:
@@ -114,7 +116,7 @@ def preprocess(images: list[Image.Image], resolution: int) -> torch.Tensor:
         h, w = area_size(x.shape[1], x.shape[2], resolution)
         # torchvision's tensor resize(BICUBIC, antialias=True) is exactly this call.
         x = F.interpolate(x[None], size=(h, w), mode="bicubic", align_corners=False, antialias=True)[0]
-        x = center_crop(x, h - h % DIVISOR, w - w % DIVISOR)
+        x = center_crop(x, h - h % multiple, w - w % multiple)
         tensors.append(x * 2 - 1)
     return torch.stack(tensors)
 

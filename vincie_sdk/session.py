@@ -125,7 +125,7 @@ class Session:
         """Working (W, H) in pixels: set by the first image and the resolution."""
         if not self.frames:
             raise ValueError("the session has no image yet")
-        return working_size(self.frames[0].image.size, self.resolution)
+        return working_size(self.frames[0].image.size, self.resolution, self._cfg.size_multiple)
 
     def _opt(self, name: str):
         value = getattr(self.settings, name)
@@ -246,8 +246,8 @@ class Session:
         return max(i for i, f in enumerate(self.frames) if f.kind == FrameKind.IMAGE)
 
     def _add_inputs(self, images: list[Image.Image], prompts: list[str]) -> None:
-        working_size(images[0].size, self.resolution)  # refuses sizes that leave no 16x16 block
-        pixels = preprocess(images, self.resolution)  # (N, 3, h, w), all at the first image's size
+        working_size(images[0].size, self.resolution, self._cfg.size_multiple)  # refuses sizes that leave no block
+        pixels = preprocess(images, self.resolution, self._cfg.size_multiple)  # (N, 3, h, w), all at the first's size
         latents = self._encode(pixels) if not self.settings.exact_official else [None] * len(images)
         for i, (img, lat) in enumerate(zip(images, latents)):
             self.frames.append(Frame(FrameKind.IMAGE, img, lat, prompts[i - 1] if i else None, None, 0))
@@ -271,7 +271,7 @@ class Session:
         if self.settings.exact_official:
             # Official round trip: every frame re-read as uint8 pixels, resized to the first image's size,
             # re-preprocessed and re-encoded (posterior sample from the global RNG).
-            pixels = preprocess([f.image for f in self.frames], self.resolution)
+            pixels = preprocess([f.image for f in self.frames], self.resolution, self._cfg.size_multiple)
             return self.model.encode_images(pixels, generator=None)
         return torch.stack([f.latent for f in self.frames])
 

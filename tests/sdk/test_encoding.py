@@ -94,6 +94,15 @@ def test_working_sizes_from_the_spec(size, resolution, expected):
     assert preprocess([img], resolution).shape == (1, 3, expected[1], expected[0])
 
 
+def test_size_multiple_crops_to_whole_tokens():
+    img = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
+    assert working_size((64, 64), 36) == (32, 32)  # the official multiple, 16
+    assert working_size((64, 64), 36, 4) == (36, 36)
+    assert preprocess([img], 36, 4).shape == (1, 3, 36, 36)
+    with pytest.raises(ValueError, match="leaves no 8x8 block"):
+        working_size((400, 4), 16, 8)
+
+
 def test_preprocess_resizes_later_images_to_the_first_and_scales_to_pm1():
     a = Image.fromarray(np.full((40, 60, 3), 255, np.uint8))
     b = Image.fromarray(np.zeros((20, 20, 3), np.uint8))

@@ -314,6 +314,21 @@ def test_patch_size_override_sets_the_token_size_of_a_fresh_model(tmp_path, shar
     assert img.size == (32, 32)
 
 
+def test_resolution_override_trains_at_a_finer_size_multiple(tmp_path, shard):
+    """36 px with 4-pixel tokens (a 9x9 grid: the shapes world's cells on whole tokens): the run trains at
+    that size and the exported model edits at it; a multiple that splits tokens is refused by name."""
+    cfg = TrainConfig.from_dict({**dataclasses.asdict(_config(tmp_path, shard, max_steps=2, threads=1)),
+                                 "data": {"shards": [str(shard)], "max_turns": 2}, "composition": {},
+                                 "resolution": 36, "size_multiple": 4})
+    model = VincieModel.from_pretrained(train(cfg, progress=False))
+    assert (model.config.session.resolution, model.config.session.size_multiple) == (36, 4)
+    img = Session(model, _record(np.random.default_rng(5)).frames[0], steps=2).edit("add a red circle")
+    assert img.size == (36, 36)  # the default multiple (16) would have cropped it to 32
+    bad = dataclasses.replace(cfg, out_dir=str(tmp_path / "bad"), size_multiple=6)
+    with pytest.raises(ValueError, match="size_multiple=6 is not a multiple of the token side"):
+        train(bad, progress=False)
+
+
 def test_architecture_overrides_train_and_round_trip(tmp_path, shard):
     cfg = TrainConfig.from_dict({**dataclasses.asdict(_config(tmp_path, shard, max_steps=3, threads=1)),
                                  "data": {"shards": [str(shard)], "max_turns": 2}, "composition": {},
