@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-train the embedded model `vincie-shapes` from scratch, from synthetic video only, and install it
 # into vincie_sdk/weights/vincie-shapes. Every stage resumes where it stopped: re-run the script after
-# an interruption. About 3 hours on a 2-core CPU (minutes on a GPU).
+# an interruption. About 2.5 hours on a 2-core CPU (minutes on a GPU).
 #
 #   scripts/train_embedded.sh [--set KEY=VALUE ...]     (extra args go to both pretraining stages)
 set -euo pipefail
@@ -10,7 +10,7 @@ VENV="$(bash scripts/setup.sh | tail -n 1)"
 VINCIE="$VENV/bin/vincie"
 
 # 1. Synthetic videos, then sessions built from them by the data pipeline (exact annotations and masks):
-#    two sets of 4,000 videos (seeds 0 and 1), about 15 minutes each.
+#    two sets of 4,000 videos (seeds 0 and 1), about 10 minutes each on one core.
 for seed in 0 1; do
   [ -f "data/shapes-videos-$seed/.done" ] || { "$VINCIE" data synth --out "data/shapes-videos-$seed" --videos 4000 --seed "$seed" && touch "data/shapes-videos-$seed/.done"; }
   "$VINCIE" data build --videos "data/shapes-videos-$seed" --out "data/shapes-shards-$seed" --videos-per-shard 50

@@ -260,26 +260,26 @@ SMALL = VincieConfig(
     session=SessionConfig(resolution=128),
 )
 
-# The embedded model: trained here, on a CPU, from synthetic video of a shapes world, at 32 px (an 8x8
-# token grid per frame). At 64 px a step cost 3.3x more and 2,900 steps (2 hours) were not enough to
-# learn which object the words name.
-# Block-causal with a cached history; pixel space (4x4 pixel blocks folded into 48 channels: exact,
-# nothing to train); its own word-level text encoder, trained with the DiT.
+# The embedded model: trained here, on a CPU, from synthetic video of a shapes world, at 48 px with 8x8-pixel
+# tokens (a 6x6 token grid per frame): the world's 3x3 grid of object cells then falls on whole tokens, so
+# every cell draws a shape the same way and a move is a shift by whole tokens; at 32 px with 4x4-pixel tokens
+# (the first shipped model) each cell sat at its own offset inside the tokens (docs/training.md, "Grid
+# alignment"). Block-causal with a cached history; pixel space (4x4 pixel blocks folded into 48 channels:
+# exact, nothing to train; patches of 2x2 blocks); its own word-level text encoder, trained with the DiT.
 SHAPES = VincieConfig(
     name="vincie-shapes",
-    # Width 192 and 4x4-pixel tokens (patch 1 over the 4x folded pixels): at equal CPU minutes these
-    # learned the binding toy better than width 256 or 8x8-pixel tokens (docs/training.md, "Model size").
-    # A gated source residual (48 residual values + 48 gate logits per token): at equal minutes it beat the
-    # plain residual on ShapesBench (docs/training.md, "Output").
+    # Width 192: at equal CPU minutes it learned the binding toy better than width 256 (docs/training.md,
+    # "Model size"). A gated source residual (48 residual values + 48 gate logits per latent pixel): at
+    # equal minutes it beat the plain residual on ShapesBench (docs/training.md, "Output").
     dit=DiTConfig(vid_in_channels=97, vid_out_channels=96, vid_dim=192, txt_in_dim=64, heads=3, head_dim=64,
-                  patch_size=(1, 1, 1), num_layers=6, mm_layers=2, rope_dim=60, attention="block_causal",
+                  patch_size=(1, 2, 2), num_layers=6, mm_layers=2, rope_dim=60, attention="block_causal",
                   prediction="source_gated"),
     vae=VAEConfig(kind="pixel", spatial_downsample_factor=4, latent_channels=48, scaling_factor=1.5,
                   shifting_factor=0.0, use_sample=False),
     text=TextEncoderConfig(subfolder="text_encoder", hidden_size=64, max_length=48, trust_remote_code=False,
                            dtype="float32"),
     sampler=SamplerConfig(steps=20, shift=3.0, cfg_scale=2.0),
-    session=SessionConfig(resolution=32, camera_prefix=STATIC_CAMERA_PREFIX, negative_prompt=""),
+    session=SessionConfig(resolution=48, camera_prefix=STATIC_CAMERA_PREFIX, negative_prompt=""),
 )
 
 PRESETS: dict[str, VincieConfig] = {c.name: c for c in (VINCIE_3B, TINY, SMALL, SHAPES)}
