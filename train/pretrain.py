@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from vincie_sdk import block_causal as bc
 from vincie_sdk.config import get_preset
-from vincie_sdk.image import preprocess
+from vincie_sdk.image import DIVISOR, preprocess
 from vincie_sdk.loading import atomic_path
 from vincie_sdk.model import VincieModel
 from vincie_sdk.models.dit import VincieTransformer
@@ -256,7 +256,7 @@ class Objective:
     """Flow-matching loss of a batch of composed sessions, for either attention variant."""
 
     def __init__(self, dit: VincieTransformer, vae, text_encoder, sampler: FlowMatchSampler, config: ObjectiveConfig,
-                 resolution: int, forward=None, size_multiple: int = 16) -> None:
+                 resolution: int, forward=None, size_multiple: int = DIVISOR) -> None:
         self.dit, self.vae, self.text_encoder, self.sampler = dit, vae, text_encoder, sampler
         self.forward = forward or dit  # the (possibly distributed-wrapped) module to call
         self.latent_cache: dict[bytes, torch.Tensor] = {}
