@@ -104,7 +104,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             max_side=args.max_side,
             seed=args.seed,
             sampling=SamplingConfig(
-                args.sampling, args.interval, args.min_frames, args.max_frames, args.max_session_frames
+                args.sampling, args.interval, args.min_frames, args.max_frames, args.max_session_frames,
+                still_frames=args.still_frames,
             ),
             shots=ShotConfig(detector=args.shot_detector, min_seconds=args.min_shot_seconds),
         )
@@ -173,6 +174,8 @@ def _add_build(sub) -> None:
     g.add_argument("--min-frames", type=int, default=2, help="fixed-count sampling: at least (default 2)")
     g.add_argument("--max-frames", type=int, default=6, help="fixed-count sampling: at most (default 6)")
     g.add_argument("--max-session-frames", type=int, default=20, help="split longer interval sessions (default 20)")
+    g.add_argument("--still-frames", action="store_true",
+                   help="move each sampled frame to the nearest frame at rest (none caught mid-motion or mid-fade)")
     g = p.add_argument_group("shots and filters")
     g.add_argument("--shot-detector", choices=("histogram", "scenedetect"), default="histogram")
     g.add_argument("--min-shot-seconds", type=float, default=1.0, help="reject shorter shots (default 1)")

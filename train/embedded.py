@@ -9,6 +9,8 @@ its structure when a word is unknown.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import re
 import tempfile
@@ -80,13 +82,17 @@ def fresh_model(config: VincieConfig, *, vae_dir: str | Path | None, vocab: list
     return VincieModel(config, dit, vae, text)
 
 
-def install(model_dir: str | Path, dest: str | Path, dtype: str = "float16") -> Path:
+def install(model_dir: str | Path, dest: str | Path, dtype: str = "float16", **sampler) -> Path:
     """Write a trained model folder as the shipped embedded model: the DiT stored in ``dtype`` (half the
     size of float32; loading casts back to the compute dtype), the rest as is. Atomic (temp + rename).
+    Keyword arguments replace fields of the model's default sampler settings (``SamplerConfig``), e.g.
+    a guidance scale chosen after training.
 
     Example:
-        >>> install("runs/shapes-pretrain/model", "vincie_sdk/weights/vincie-shapes")  # doctest: +SKIP
+        >>> install("runs/shapes-pretrain/model", "vincie_sdk/weights/vincie-shapes", cfg_scale=1.5)  # doctest: +SKIP
     """
     model = VincieModel.from_pretrained(model_dir, dtype="float32")
+    if sampler:
+        model.config = dataclasses.replace(model.config, sampler=dataclasses.replace(model.config.sampler, **sampler))
     model.dit.to(getattr(torch, dtype))
     return model.save_pretrained(dest)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from vincie_sdk import block_causal as bc
 from vincie_sdk.config import get_preset
 from vincie_sdk.image import DIVISOR, preprocess
-from vincie_sdk.loading import atomic_path
+from vincie_sdk.loading import atomic_dir, atomic_path
 from vincie_sdk.model import VincieModel
 from vincie_sdk.models.dit import VincieTransformer
 from vincie_sdk.pipeline import build_condition
@@ -131,6 +132,9 @@ class TrainConfig(ObjectiveConfig):
     mixed_precision: str = "auto"  # "auto" = bf16 on GPU, none on CPU
     gradient_checkpointing: bool = False
     checkpoint_minutes: float = 5.0
+    # Keep the exported EMA model of every checkpoint as snapshots/step<N>/ (about 8 MB each for
+    # vincie-shapes), to evaluate a learning curve after the run; model/ is always the latest.
+    keep_snapshots: bool = False
     log_every: int = 10
     seed: int = 0
     threads: int | None = None  # torch CPU threads
@@ -647,6 +651,8 @@ def _train(config: TrainConfig, out: Path, progress: bool, stop_after: int | Non
                         optimizer=optimizer, scheduler=scheduler, losses=state.losses)
         plot_losses(state.losses, out / "loss.png")
         export_model(model, ema, out / "model")
+        if config.keep_snapshots:
+            snapshot(out / "model", out / "snapshots" / f"step{state.step:07d}")
         exported = VincieModel.from_pretrained(out / "model")
         sample_grid(exported, pool, out / "samples" / f"step{state.step:07d}.png")
         check = {"step": state.step, "minutes": state.elapsed / 60, "text_sensitivity": text_sensitivity(exported, pool),
@@ -786,6 +792,14 @@ def export_model(model: VincieModel, ema: EMA, folder: Path) -> Path:
     text.load_state_dict({**text.state_dict(), **ema.state_for("text_encoder")})
     exported.dit, exported.text_encoder = dit.eval(), text.eval()
     return exported.save_pretrained(folder)
+
+
+def snapshot(folder: Path, dest: Path) -> Path:
+    """Copy a model folder to ``dest`` atomically; an existing ``dest`` (the same step, written before an
+    interruption) is replaced."""
+    with atomic_dir(dest) as tmp:
+        shutil.copytree(folder, tmp, dirs_exist_ok=True)
+    return dest
 
 
 def _first_turns(model: VincieModel, pool: SessionPool, sessions: int):

@@ -174,6 +174,50 @@ def test_hybrid_sampling_follows_the_paper():
     assert sample_frames(times, 0, 20, rng, SamplingConfig("interval", interval=3.0)) == []
 
 
+def test_still_frames_marks_frames_at_rest():
+    from vincie_train.data.shots import still_frames
+
+    frames = np.zeros((8, 16, 16, 3), np.uint8)
+    for k in (3, 4, 5):  # a square sliding one pixel per frame: frames 3-5 differ from both neighbours
+        frames[k, 4:8, k:k + 4] = 200
+    frames[6:, 4:8, 6:10] = 200  # at rest from frame 6
+    assert still_frames(frames).tolist() == [True, True, True, False, False, False, True, True]
+    frames[2] = 3  # compression-like noise below the threshold does not make frames move
+    assert still_frames(frames)[:3].all()
+
+
+def _caught_mid_change(small, side, k):
+    """Frame k shows a picture that no frame outside the video's events shows (an event's eased first or
+    last frames can look exactly like its keyframe: those are at rest)."""
+    from vincie_train.data.shots import changed_fraction
+
+    settled = [j for j in range(len(small)) if not any(e["start_frame"] < j < e["end_frame"] for e in side["events"])]
+    return min(changed_fraction(small[k], small[j], 6) for j in settled) >= 0.002
+
+
+def test_still_frame_sampling_never_catches_a_change_half_way(synth_videos, synth_shards, tmp_path):
+    from vincie_train.data.video_io import analyse_video
+
+    still = BuildConfig(videos_per_shard=3, sampling=SamplingConfig(interval=1.0, still_frames=True))
+    summary = _build(synth_videos, tmp_path / "still", config=still)
+    assert summary["sessions"] > 0
+    counts, cache = {}, {}
+    for name, folder in (("default", synth_shards[0]), ("still", tmp_path / "still")):
+        mid = total = 0
+        for s in read_sessions(folder):
+            video = s.provenance["video"]
+            if video not in cache:
+                cache[video] = (analyse_video(synth_videos / video)[1],
+                                load_sidecar(synth_videos / video.replace(".mp4", ".json")))
+            mid += sum(_caught_mid_change(*cache[video], k) for k in s.provenance["frame_indices"])
+            total += len(s.frames)
+        counts[name] = (mid, total)
+    assert counts["default"][0] > 0.2 * counts["default"][1], counts  # time-based picks land mid-change often
+    assert counts["still"][0] == 0, counts
+    with pytest.raises(ValueError, match="still-frame mask"):
+        sample_frames(np.arange(10) / 10, 0, 10, np.random.default_rng(0), SamplingConfig(still_frames=True))
+
+
 def test_hf_annotator_needs_a_local_folder(tmp_path):
     from vincie_train.data.annotate import HFAnnotator, make_annotator
 

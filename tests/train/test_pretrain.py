@@ -273,6 +273,18 @@ def test_copy_error_is_zero_for_a_residual_model_that_outputs_nothing():
     assert copy_error(VincieModel.from_random(full, seed=0), pool) is None
 
 
+def test_keep_snapshots_keeps_a_loadable_model_per_checkpoint(tmp_path, shard):
+    cfg = _config(tmp_path, shard, max_steps=8, threads=1, keep_snapshots=True)
+    train(cfg, progress=False, stop_after=5)  # a checkpoint at the interruption ...
+    train(cfg, progress=False)  # ... and one at the end
+    snaps = tmp_path / "run" / "snapshots"
+    assert sorted(p.name for p in snaps.iterdir()) == ["step0000005", "step0000008"]
+    first, last = (VincieModel.from_pretrained(snaps / name) for name in ("step0000005", "step0000008"))
+    latest = VincieModel.from_pretrained(tmp_path / "run" / "model")
+    w = lambda m: m.dit.vid_out.proj.weight  # noqa: E731
+    assert torch.equal(w(last), w(latest)) and not torch.equal(w(first), w(last))
+
+
 def test_resume_with_a_new_learning_rate_applies_it(tmp_path, shard):
     first = _config(tmp_path, shard, max_steps=12, threads=1)  # warm-up 5 steps, then constant 2e-3
     train(first, progress=False, stop_after=4)

@@ -33,7 +33,8 @@ from .annotate import AnnotationError, Annotator, Clip, load_clip_sidecar
 from .format import SessionRecord, ShardWriter, TurnRecord
 from .masks import Masker, MaskError
 from .sampling import SamplingConfig, sample_frames
-from .shots import ShotConfig, black_borders, changed_fraction, detect_shots, detect_shots_scenedetect, is_dark
+from .shots import (ShotConfig, black_borders, changed_fraction, detect_shots, detect_shots_scenedetect, is_dark,
+                    still_frames)
 from .video_io import VideoReadError, analyse_video, list_videos, read_frames
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,7 @@ def process_video(
     else:
         shots = detect_shots(small, sc)
     rng = np.random.default_rng([config.seed, zlib.crc32(vid.encode())])
+    still = still_frames(small) if config.sampling.still_frames else None
     plans = []  # (shot index, (a, b), crop, selection)
     for si, (a, b) in enumerate(shots):
         seconds = (info.times[b - 1] - info.times[a]) + 1.0 / max(info.fps, 1e-6)
@@ -237,7 +239,7 @@ def process_video(
         if max(changed_fraction(small[a], small[k]) for k in range(a, b)) < sc.static_fraction:
             stats.rejects["shot_static"] += 1
             continue
-        for sel in sample_frames(info.times, a, b, rng, config.sampling):
+        for sel in sample_frames(info.times, a, b, rng, config.sampling, still=still):
             plans.append((si, (a, b), crop, sel))
     if not plans:
         return []

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,10 @@ class SamplingConfig:
     min_frames: int = 2  # fixed-count range, inclusive
     max_frames: int = 6
     max_session_frames: int = 20  # the paper's sessions hold 2..20 images
+    # Move each sampled frame to the nearest *still* frame of its shot (one that hardly differs from a
+    # neighbour), so no frame is caught half-way through a motion, a fade or a growth. Off by default
+    # (the paper samples by time alone); see docs/data.md, "Still frames".
+    still_frames: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in ("interval", "fixed", "hybrid"):
@@ -60,18 +65,43 @@ def _dedupe(indices: list[int]) -> list[int]:
     return list(dict.fromkeys(indices))
 
 
+def snap_to_still(indices: list[int], still: np.ndarray, start: int, end: int) -> list[int]:
+    """Each index moved to the nearest still frame in ``[start, end)`` (``still`` is a bool per video
+    frame; ties go to the earlier frame), duplicates dropped; unchanged when the shot has no still frame.
+
+    Example:
+        >>> still = np.array([1, 1, 0, 0, 0, 1, 1, 0, 1], dtype=bool)
+        >>> snap_to_still([2, 3, 4, 8], still, 0, 9)
+        [1, 5, 8]
+    """
+    candidates = np.flatnonzero(still[start:end]) + start
+    if candidates.size == 0:
+        return list(indices)
+    return _dedupe([int(candidates[np.abs(candidates - k).argmin()]) for k in indices])
+
+
 def sample_frames(
     times: list[float] | np.ndarray,
     start: int,
     end: int,
     rng: np.random.Generator,
     config: SamplingConfig = SamplingConfig(),
+    still: np.ndarray | None = None,
 ) -> list[FrameSelection]:
     """Frame selections for the shot ``[start, end)`` of a video whose frame ``k`` is at ``times[k]``.
+
+    ``still`` (a bool per video frame) is required with ``config.still_frames``: every pick is then moved to
+    the nearest still frame (:func:`snap_to_still`).
 
     Returns:
         Zero or more :class:`FrameSelection`, each with at least 2 distinct frames.
     """
+    if config.still_frames:
+        if still is None:
+            raise ValueError("sample_frames: still_frames=True needs the still-frame mask (`still`)")
+        selections = sample_frames(times, start, end, rng, dataclasses.replace(config, still_frames=False))
+        snapped = [FrameSelection(s.strategy, snap_to_still(s.indices, still, start, end)) for s in selections]
+        return [s for s in snapped if len(s.indices) >= 2]
     times = np.asarray(times, dtype=np.float64)
     if end - start < 2:
         return []

@@ -123,5 +123,19 @@ def changed_fraction(a: np.ndarray, b: np.ndarray, delta: int = 20) -> float:
     return float((diff > delta).mean())
 
 
+def still_frames(small: np.ndarray, delta: int = 6, fraction: float = 0.0005) -> np.ndarray:
+    """A bool per frame of ``small`` (N, h, w, 3) uint8: the frame differs from its previous or its next
+    frame in fewer than ``fraction`` of its pixels (largest channel difference above ``delta``), i.e. the
+    picture is at rest there. A frame half-way through a motion or a fade differs from both neighbours."""
+    n = len(small)
+    if n < 2:
+        return np.ones(n, dtype=bool)
+    calm = np.array([changed_fraction(small[k], small[k + 1], delta) < fraction for k in range(n - 1)])
+    out = np.zeros(n, dtype=bool)
+    out[:-1] |= calm
+    out[1:] |= calm
+    return out
+
+
 def is_dark(small: np.ndarray, config: ShotConfig = ShotConfig()) -> bool:
     return float(_luma(small.astype(np.float32)).mean()) < config.dark_luma
