@@ -9,11 +9,12 @@ cd "$(dirname "$0")/.."
 VENV="$(bash scripts/setup.sh | tail -n 1)"
 VINCIE="$VENV/bin/vincie"
 
-# 1. Synthetic videos, then sessions built from them by the data pipeline (exact annotations and masks):
-#    two sets of 4,000 videos (seeds 0 and 1), about 10 minutes each on one core.
+# 1. Synthetic videos, then sessions built from them by the data pipeline (exact annotations and masks),
+#    sampling only frames at rest (--still-frames, docs/data.md): two sets of 4,000 videos (seeds 0 and 1),
+#    about 10 minutes each on one core.
 for seed in 0 1; do
   [ -f "data/shapes-videos-$seed/.done" ] || { "$VINCIE" data synth --out "data/shapes-videos-$seed" --videos 4000 --seed "$seed" && touch "data/shapes-videos-$seed/.done"; }
-  "$VINCIE" data build --videos "data/shapes-videos-$seed" --out "data/shapes-shards-$seed" --videos-per-shard 50
+  "$VINCIE" data build --videos "data/shapes-videos-$seed" --out "data/shapes-still-$seed" --videos-per-shard 50 --still-frames
 done
 # 2. Pretraining with NIP + CSP + NSP (block-causal) in two stages of one run (local edits in short
 #    sessions, then everything static-camera in sessions of up to 5 turns), then install the EMA weights.

@@ -82,7 +82,7 @@ def cmd_edit(args) -> int:
     rows = [[(session.images[0], "source")] + [(img, f"{k + 1}: {p}") for k, (img, p) in
                                                 enumerate(zip(session.images[1:], session.prompts))]]
     with atomic_path(out / "sheet.png") as tmp:
-        contact_sheet(rows, title=f"{model.config.name} seed {args.seed}").save(tmp, format="PNG")
+        contact_sheet(rows, title=f"model {model.config.name}, seed {args.seed}").save(tmp, format="PNG")
     session.save(out / "session.vincie")
     print(f"wrote {len(prompts)} turns, sheet.png and session.vincie to {out}")
     return 0
