@@ -47,6 +47,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             config=config,
             lossless=not args.lossy,
             progress=not args.no_progress,
+            **({"types": tuple(t.strip() for t in args.types.split(",") if t.strip())} if args.types else {}),
         )
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
@@ -145,6 +146,9 @@ def _add_synth(sub) -> None:
     p.add_argument("--min-seconds", type=float, default=2.0, help="shortest video (default 2)")
     p.add_argument("--max-seconds", type=float, default=8.0, help="longest video (default 8)")
     p.add_argument("--max-objects", type=int, default=4, help="objects per scene at most (default 4)")
+    p.add_argument("--types", default=None,
+                   help="comma-separated change types of the events (default: all of add, remove, move, recolor, "
+                   "resize, background, lighting, camera_pan, camera_zoom)")
     p.add_argument("--lossy", action="store_true", help="libx264 yuv420p (plays everywhere) instead of lossless RGB")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
@@ -169,7 +173,9 @@ def _add_build(sub) -> None:
     p.add_argument("--max-side", type=int, default=256, help="shrink frames to this longer side (default 256)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling choices (default 0)")
     g = p.add_argument_group("frame sampling")
-    g.add_argument("--sampling", choices=("hybrid", "interval", "fixed"), default="hybrid")
+    g.add_argument("--sampling", choices=("hybrid", "interval", "fixed", "rests"), default="hybrid",
+                   help="hybrid (default; the paper's interval + fixed-count), interval, fixed, or rests: one "
+                   "frame per pause, so every turn is one change (footage that pauses between changes)")
     g.add_argument("--interval", type=float, default=3.0, help="seconds between equal-interval frames (default 3)")
     g.add_argument("--min-frames", type=int, default=2, help="fixed-count sampling: at least (default 2)")
     g.add_argument("--max-frames", type=int, default=6, help="fixed-count sampling: at most (default 6)")

@@ -223,6 +223,28 @@ class Session:
                           prompt=prompts[-1])
         return session
 
+    def add_turn(self, instruction: str, image: ImageInput) -> Image.Image:
+        """Record a turn whose result you already have: ``image`` joins the history as the result of
+        ``instruction``, as if this session had generated it (an edit made elsewhere, a touched-up output,
+        or the ground truth in a teacher-forced evaluation). Returns the image at the working size.
+
+        Example:
+            >>> s = Session(model, "cat.png")                                   # doctest: +SKIP
+            >>> s.edit("make the cat blue"); s.undo()                           # doctest: +SKIP
+            >>> s.add_turn("make the cat blue", "cat_blue_fixed.png")           # doctest: +SKIP
+            >>> s.edit("now add a hat")  # sees the fixed image, not the model's  # doctest: +SKIP
+        """
+        instruction = self._check_instruction(instruction)
+        turn, src = self.turns + 1, self._last_image_index()
+        loaded = load_image(image, max_side=self._cfg.max_side, what=f"image of turn {turn}")
+        # Through the first image's transform chain, so the frame has the session's working size.
+        pixels = preprocess([self.frames[0].image, loaded], self.resolution, self._cfg.size_multiple)[1:]
+        latent = None if self.settings.exact_official else self._encode(pixels)[0]
+        frame = Frame(FrameKind.IMAGE, Image.fromarray(to_uint8(pixels[0])), latent,
+                      self._prompt(instruction, FrameKind.IMAGE, src, len(self.frames)), instruction, turn)
+        self.frames.append(frame)
+        return frame.image
+
     def undo(self, turns: int = 1) -> None:
         """Remove the frames of the last ``turns`` turns (the source images stay)."""
         if turns < 0:

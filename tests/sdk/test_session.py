@@ -58,6 +58,27 @@ def test_copy_is_independent_and_undo(tiny_model, source_image):
     assert t.turns == 0 and len(t.frames) == 1
 
 
+@pytest.mark.parametrize("attention", ["full", "block_causal"])
+def test_add_turn_records_a_given_result_as_if_generated(tiny_model, source_image, attention):
+    model = VincieModel.from_random(dataclasses.replace(TINY, dit=dataclasses.replace(TINY.dit, attention=attention)),
+                                    seed=0) if attention != TINY.dit.attention else tiny_model
+    truth = source_image.transpose(0)  # another picture, at the source's size
+    s = Session(model, source_image, seed=3, steps=2)
+    s.edit("add a red circle")  # warms the block-causal cache with the generated frame
+    s.undo()
+    shown = s.add_turn("add a red circle", truth)
+    assert shown.size == s.size and s.turns == 1 and s.prompts == ["add a red circle"]
+    assert s.frames[-1].prompt == "Based on <IMG0>, add a red circle. Output <IMG1>: "
+    fresh = Session(model, source_image, seed=3, steps=2)
+    fresh.add_turn("add a red circle", truth)
+    assert np.array_equal(np.asarray(shown), np.asarray(fresh.images[-1]))
+    assert torch.equal(s.frames[-1].latent, fresh.frames[-1].latent)
+    # The next turn sees the given image, not the generated one (no stale cache).
+    np.testing.assert_array_equal(np.asarray(s.edit("make it blue")), np.asarray(fresh.edit("make it blue")))
+    with pytest.raises(ValueError, match="instruction"):
+        s.add_turn("  ", truth)
+
+
 def test_user_masks_enter_the_context(tiny_model, source_image):
     s = Session(tiny_model, source_image, steps=2)
     mask = np.zeros((10, 10))

@@ -227,3 +227,30 @@ def test_hf_annotator_needs_a_local_folder(tmp_path):
         make_annotator("hf", model_dir=None)
     with pytest.raises(ValueError, match="unknown annotator"):
         make_annotator("gpt")
+
+
+def test_rests_sampling_takes_one_frame_per_pause_so_each_turn_is_one_event(synth_videos, tmp_path):
+    from vincie_train.data.sampling import rest_frames
+    from vincie_train.data.video_io import analyse_video
+
+    assert rest_frames(np.array([0, 1, 1, 1, 0, 0, 1, 0, 1, 1]).astype(bool), 0, 10) == [2, 6, 8]
+    assert rest_frames(np.array([0, 1, 1, 1, 0, 0, 1, 0, 1, 1]).astype(bool), 3, 7) == [3, 6]
+    config = BuildConfig(videos_per_shard=3, sampling=SamplingConfig(strategy="rests", max_session_frames=3))
+    summary = _build(synth_videos, tmp_path / "rests", config=config)
+    assert summary["sampling"].keys() == {"rests"} and summary["sessions"] > 0
+    sessions = list(read_sessions(tmp_path / "rests"))
+    assert max(len(s.frames) for s in sessions) <= 3  # long shots are split
+    one_event = total = 0
+    for s in sessions:
+        video = s.provenance["video"]
+        small, side = analyse_video(synth_videos / video)[1], load_sidecar(synth_videos / video.replace(".mp4", ".json"))
+        idx = s.provenance["frame_indices"]
+        assert not any(_caught_mid_change(small, side, k) for k in idx)
+        # events that ran between two consecutive picks: exactly one for almost every turn
+        for a, b in zip(idx, idx[1:]):
+            n = sum(a < ev["start_frame"] <= b for ev in side["events"])
+            one_event += n == 1
+            total += 1
+    assert total > 0 and one_event >= 0.9 * total, (one_event, total)
+    with pytest.raises(ValueError, match="rests"):
+        sample_frames(np.arange(10) / 10, 0, 10, np.random.default_rng(0), SamplingConfig(strategy="rests"))

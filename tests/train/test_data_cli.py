@@ -49,6 +49,18 @@ def test_synth_build_show_round_trip(tmp_path, capsys):
     assert sheet.stat().st_size > 1000
 
 
+def test_synth_types_restrict_the_events(tmp_path, capsys):
+    from vincie_train.synth import load_sidecar
+
+    videos = tmp_path / "v"
+    assert cli.main(["data", "synth", "--out", str(videos), "--videos", "4", "--min-seconds", "6", "--max-seconds", "8",
+                     "--types", "recolor, move", "--no-progress"]) == 0
+    types = [ev["type"] for p in sorted(videos.glob("*.json")) for ev in load_sidecar(p)["events"]]
+    assert len(types) >= 8 and set(types) == {"recolor", "move"}, types
+    assert cli.main(["data", "synth", "--out", str(tmp_path / "w"), "--videos", "1", "--types", "recolour"]) == 2
+    assert "recolour" in capsys.readouterr().err
+
+
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert cli.main(["data", "build", "--videos", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
                      "--no-progress"]) == 2

@@ -269,6 +269,41 @@ def test_chain_editor_keeps_both_masks_in_context(items100, tiny_model):
                                                       FrameKind.IMAGE]
 
 
+def test_teacher_forced_runs_judge_every_turn_from_the_ground_truth(items100, tiny_model):
+    item = items100[0]
+    with_history = ModelEditor(tiny_model, steps=1, masks=False)(item)
+    alone = ModelEditor(tiny_model, context=False, steps=1, masks=False)(item)
+    for turns in (with_history, alone):
+        for k in (1, 2):
+            turns.edit(item.instructions[k - 1])
+            turns.follow_truth(item.instructions[k - 1], item.image(k))
+    truth = [np.asarray(item.image(k).resize(with_history.session.size, Image.BICUBIC), dtype=int) for k in (0, 1, 2)]
+    assert len(with_history.session.images) == 3 and with_history.session.prompts == list(item.instructions[:2])
+    for shown, expected in zip(with_history.session.images, truth):
+        assert np.abs(np.asarray(shown, dtype=int) - expected).mean() < 3
+    assert len(alone.session.images) == 1 and alone.session.turns == 0
+    assert np.abs(np.asarray(alone.session.images[0], dtype=int) - truth[2]).mean() < 3
+
+    class Copying:  # copies the last true image: fails every turn, so only teacher forcing reaches turn 5
+        def __init__(self, item):
+            self.image = item.image(0)
+
+        def edit(self, instruction):
+            return self.image
+
+        def predict_masks(self, instruction):
+            return None
+
+        def follow_truth(self, instruction, image):
+            self.image = image
+
+    s = summarize(run_shapes_bench(items100[:4], Copying, teacher_forced=True))
+    assert s["teacher_forced"] and s["evaluated_turns"] == 20 and s["turn_success"] == [0.0] * 5
+    assert summarize(run_shapes_bench(items100[:4], Copying))["evaluated_turns"] == 4
+    with pytest.raises(ValueError, match="follow_truth"):
+        run_shapes_bench(items100[:1], copy_editor, teacher_forced=True)
+
+
 def test_cli_writes_the_json_results(tmp_path, capsys, monkeypatch, tiny_model):
     from vincie_train.eval import cli
 
@@ -286,6 +321,19 @@ def test_cli_writes_the_json_results(tmp_path, capsys, monkeypatch, tiny_model):
     assert data["baselines"]["copy"]["cumulative_success"] == [0.0] * 5
     assert len(data["baselines"]["no-context"]["cumulative_success"]) == 5
     assert "cumulative success" in capsys.readouterr().out
+
+
+def test_cli_ground_truth_modes(tmp_path, capsys, monkeypatch, tiny_model):
+    from vincie_train.eval import cli
+
+    monkeypatch.setattr(cli, "_load_model", lambda args: tiny_model)
+    for mode in ("gt-history", "gt-source"):
+        out = tmp_path / f"{mode}.json"
+        assert eval_main(["shapes", "--mode", mode, "--sessions", "1", "--turns", "3", "--steps", "1", "--no-masks",
+                          "-q", "--json", str(out)]) == 0
+        data = json.loads(out.read_text())
+        assert data["mode"] == mode and data["teacher_forced"] and data["evaluated_turns"] == 3
+    assert "turn success (from the true past)" in capsys.readouterr().out
 
 
 def test_cli_chain_mode_runs_the_model_with_its_adapters(tmp_path, monkeypatch, tiny_model):

@@ -222,7 +222,8 @@ def process_video(
     else:
         shots = detect_shots(small, sc)
     rng = np.random.default_rng([config.seed, zlib.crc32(vid.encode())])
-    still = still_frames(small) if config.sampling.still_frames else None
+    needs_still = config.sampling.still_frames or config.sampling.strategy == "rests"
+    still = still_frames(small) if needs_still else None
     plans = []  # (shot index, (a, b), crop, selection)
     for si, (a, b) in enumerate(shots):
         seconds = (info.times[b - 1] - info.times[a]) + 1.0 / max(info.fps, 1e-6)

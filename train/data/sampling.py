@@ -8,6 +8,11 @@
 ``strategy="hybrid"`` emits both (the paper's mix: subtle object-level and large scene-level changes),
 dropping a fixed-count draw identical to an equal-interval one.
 
+* rests (not in the paper): one frame in the middle of every stretch of frames at rest (``still``), so each
+  turn is exactly one change between two pauses, however many changes the shot holds; long shots are split
+  like equal-interval ones. For footage that pauses between changes (our synthetic videos, stop-motion,
+  screen recordings); it gives the long sessions that time-based sampling cuts short.
+
 Example:
     >>> import numpy as np
     >>> times = [k / 10 for k in range(100)]  # 10 s at 10 fps
@@ -24,9 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 
 
+STRATEGIES = ("hybrid", "interval", "fixed", "rests")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
-    strategy: str = "hybrid"  # "interval", "fixed" or "hybrid"
+    strategy: str = "hybrid"  # "interval", "fixed", "hybrid" or "rests" (needs the still-frame mask)
     interval: float = 3.0  # seconds between equal-interval frames
     min_frames: int = 2  # fixed-count range, inclusive
     max_frames: int = 6
@@ -37,8 +45,8 @@ class SamplingConfig:
     still_frames: bool = False
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("interval", "fixed", "hybrid"):
-            raise ValueError(f"SamplingConfig: strategy={self.strategy!r}; use 'interval', 'fixed' or 'hybrid'")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"SamplingConfig: strategy={self.strategy!r}; use one of {', '.join(STRATEGIES)}")
         if self.interval <= 0:
             raise ValueError(f"SamplingConfig: interval={self.interval} must be > 0 seconds")
         if not 2 <= self.min_frames <= self.max_frames:
@@ -80,6 +88,25 @@ def snap_to_still(indices: list[int], still: np.ndarray, start: int, end: int) -
     return _dedupe([int(candidates[np.abs(candidates - k).argmin()]) for k in indices])
 
 
+def rest_frames(still: np.ndarray, start: int, end: int) -> list[int]:
+    """The middle frame of every maximal run of still frames in ``[start, end)`` (``still``: a bool per
+    video frame).
+
+    Example:
+        >>> rest_frames(np.array([1, 1, 1, 0, 0, 1, 0, 1, 1], dtype=bool), 0, 9)
+        [1, 5, 7]
+    """
+    calm = np.concatenate(([False], np.asarray(still[start:end], dtype=bool), [False]))
+    edges = np.flatnonzero(np.diff(calm.astype(np.int8)))
+    return [start + int((a + b - 1) // 2) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def _chunks(strategy: str, indices: list[int], size: int) -> list[FrameSelection]:
+    """``indices`` cut into sessions of at most ``size`` frames; a last chunk of one frame is dropped."""
+    return [FrameSelection(strategy, indices[a: a + size]) for a in range(0, len(indices), size)
+            if len(indices[a: a + size]) >= 2]
+
+
 def sample_frames(
     times: list[float] | np.ndarray,
     start: int,
@@ -96,6 +123,10 @@ def sample_frames(
     Returns:
         Zero or more :class:`FrameSelection`, each with at least 2 distinct frames.
     """
+    if config.strategy == "rests":
+        if still is None:
+            raise ValueError("sample_frames: strategy 'rests' needs the still-frame mask (`still`)")
+        return _chunks("rests", rest_frames(still, start, end), config.max_session_frames)
     if config.still_frames:
         if still is None:
             raise ValueError("sample_frames: still_frames=True needs the still-frame mask (`still`)")
@@ -114,11 +145,7 @@ def sample_frames(
             # Anchor on a real frame so later picks are exactly `interval` after it where frames allow.
             first = _nearest(times, start, end, t0 + offset)
             idx = _dedupe([_nearest(times, start, end, times[first] + k * config.interval) for k in range(count)])
-            step = config.max_session_frames
-            for a in range(0, len(idx), step):
-                chunk = idx[a : a + step]
-                if len(chunk) >= 2:
-                    out.append(FrameSelection("interval", chunk))
+            out.extend(_chunks("interval", idx, config.max_session_frames))
     if config.strategy in ("fixed", "hybrid"):
         n = int(rng.integers(config.min_frames, config.max_frames + 1))
         n = min(n, end - start)

@@ -24,9 +24,12 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-MODES = ("model", "chain", "no-context", "copy", "oracle")
+MODES = ("model", "chain", "no-context", "copy", "oracle", "gt-history", "gt-source")
 BASELINES = ("copy", "no-context")
-LIVE_MODES = ("model", "chain", "no-context")  # the modes that run the model
+LIVE_MODES = ("model", "chain", "no-context", "gt-history", "gt-source")  # the modes that run the model
+# Teacher-forced diagnostics: every turn starts from the ground truth (with its true history, or from the
+# true last image alone) and every turn is judged; see docs/shapes_bench.md, "Ground-truth history".
+TEACHER_FORCED = {"gt-history": True, "gt-source": False}  # mode -> keeps the history in context
 
 
 def register_eval(subparsers) -> None:
@@ -49,7 +52,9 @@ def register_eval(subparsers) -> None:
                    help="model (whole history in context, the default), chain (chain of editing: each turn "
                         "predicts the current-region mask, then the next-region mask, then the image, paper "
                         "Table 3), no-context (each turn from the last image alone), copy (returns the input), "
-                        "oracle (renders the ground truth)")
+                        "oracle (renders the ground truth); diagnostics that judge every turn from a perfect "
+                        "past: gt-history (the true earlier images in context) and gt-source (the true last "
+                        "image alone)")
     s.add_argument("--sessions", type=int, default=None, help=f"number of sessions (default: {DEFAULT_SESSIONS}, "
                                                               "or all of --data)")
     s.add_argument("--seed", type=int, default=DEFAULT_SEED, help="benchmark seed (default: %(default)s)")
@@ -184,7 +189,8 @@ def _editor(mode: str, args, model):
         return oracle_editor
     if mode == "predictions":
         return FolderEditor(args.predictions)
-    return ModelEditor(model, context=(mode != "no-context"), chain=(mode == "chain"), steps=args.steps,
+    context = TEACHER_FORCED[mode] if mode in TEACHER_FORCED else mode != "no-context"
+    return ModelEditor(model, context=context, chain=(mode == "chain"), steps=args.steps,
                        cfg_scale=args.cfg, seed=args.sample_seed, masks=not args.no_masks)
 
 
@@ -291,7 +297,8 @@ def cmd_eval_shapes(args) -> int:
         def progress(it, m=m):
             return tqdm(it, desc=f"shapes {m}", unit="session", file=sys.stderr, disable=args.quiet)
 
-        result = run_shapes_bench(items, _editor(m, args, model), masks=not args.no_masks, progress=progress)
+        result = run_shapes_bench(items, _editor(m, args, model), masks=not args.no_masks, progress=progress,
+                                  teacher_forced=m in TEACHER_FORCED)
         results[m] = summarize(result)
 
     summary = results.pop(mode)

@@ -7,6 +7,8 @@ turn with ``edit(instruction) -> image`` and may predict the region masks of the
 * :class:`ModelEditor` -- a :class:`vincie_sdk.Session`; ``context=True`` keeps the whole history in
   context (the model as it is meant to be used), ``context=False`` is the "no context" baseline: every
   turn starts a fresh session from the previous output alone; ``chain=True`` edits by chain of editing.
+  For teacher-forced runs its sessions also ``follow_truth(instruction, image)``: the next turn continues
+  from the ground truth (with the true history, or from the true last image alone without context).
 * :func:`copy_editor` -- returns its input unchanged (the judge must score it ~0).
 * :func:`oracle_editor` -- renders the ground truth and returns the true masks (must score 1.0).
 * :class:`FolderEditor` -- reads another system's outputs ``{id}_turn{k}.png`` (and optional
@@ -99,6 +101,14 @@ class _ModelTurns:
         if not self.editor.context:
             self.session = self.editor.session(image)  # the next turn sees this output alone
         return image
+
+    def follow_truth(self, instruction: str, image: Image.Image) -> None:
+        """Teacher forcing: the next turn continues from the ground-truth ``image`` instead of the output."""
+        if self.editor.context:
+            self.session.undo()
+            self.session.add_turn(instruction, image)
+        else:
+            self.session = self.editor.session(image)
 
     def predict_masks(self, instruction: str) -> tuple[Image.Image, Image.Image] | None:
         if not self.editor.masks:

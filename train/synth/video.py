@@ -329,8 +329,10 @@ def write_synth_video(
     seconds: tuple[float, float] = (2.0, 8.0),
     config: WorldConfig = WorldConfig(),
     lossless: bool = True,
+    types: tuple[str, ...] = CHANGE_TYPES,
 ) -> Path:
-    """Render video ``index`` of the dataset ``seed`` to ``out_dir/video_{index:05d}.mp4`` + ``.json``.
+    """Render video ``index`` of the dataset ``seed`` to ``out_dir/video_{index:05d}.mp4`` + ``.json``,
+    with events of ``types`` only (default: every change type).
 
     Files are written under temporary names and renamed, so a crash leaves no half video.
 
@@ -339,7 +341,7 @@ def write_synth_video(
     """
     rng = np.random.default_rng([seed, index])
     duration = float(rng.uniform(*seconds))
-    video = sample_video(rng, fps, duration, config, CHANGE_TYPES, first_type=CHANGE_TYPES[index % len(CHANGE_TYPES)])
+    video = sample_video(rng, fps, duration, config, types, first_type=types[index % len(types)])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mp4, side = out / f"video_{index:05d}.mp4", out / f"video_{index:05d}.json"
@@ -361,8 +363,10 @@ def synth_dataset(
     config: WorldConfig = WorldConfig(),
     lossless: bool = True,
     progress: bool = True,
+    types: tuple[str, ...] = CHANGE_TYPES,
 ) -> list[Path]:
     """Write ``n_videos`` synthetic videos (+ sidecars) to ``out_dir``; deterministic given ``seed``.
+    ``types``: the change types events are drawn from (``CHANGE_TYPES``, the default, or a subset).
 
     Example:
         >>> paths = synth_dataset("/tmp/synth", 2, seed=0, progress=False)  # doctest: +SKIP
@@ -373,7 +377,11 @@ def synth_dataset(
         raise ValueError(f"synth_dataset: n_videos={n_videos} must be >= 1")
     if not 0 < seconds[0] <= seconds[1]:
         raise ValueError(f"synth_dataset: seconds={seconds} must satisfy 0 < min <= max")
+    unknown = [t for t in types if t not in CHANGE_TYPES]
+    if unknown or not types:
+        raise ValueError(f"synth_dataset: unknown change types {unknown or 'none given'}; "
+                         f"known: {', '.join(CHANGE_TYPES)}")
     paths = []
     for i in tqdm(range(n_videos), desc="synth videos", disable=not progress):
-        paths.append(write_synth_video(out_dir, i, seed, fps, seconds, config, lossless))
+        paths.append(write_synth_video(out_dir, i, seed, fps, seconds, config, lossless, tuple(types)))
     return paths
