@@ -100,6 +100,8 @@ class TrainConfig(ObjectiveConfig):
     out_dir: str = "runs/pretrain"
     preset: str = "vincie-shapes"  # architecture to train (vincie_sdk.config preset)
     attention: str | None = None  # override the preset's variant: "full" or "block_causal"
+    # Override ``DiTConfig.prompt_position`` ("cursor" or "frame"): no new weights, so also on ``init``.
+    prompt_position: str | None = None
     prediction: str | None = None  # override the preset's output (config.PREDICTION_KINDS); fresh models only if it changes the width
     # Override the preset's DiT patch (t, h, w) in latent pixels: the token size. Fresh models only (it
     # changes the DiT's shapes); the exported config records it.
@@ -128,6 +130,9 @@ class TrainConfig(ObjectiveConfig):
     grad_clip: float = 1.0
     max_steps: int = 100_000
     max_minutes: float | None = None  # stop (after a checkpoint) when this much time was spent in total
+    # Stop at this step although the learning-rate schedule runs to ``max_steps``: the branch point of a
+    # later stage that starts from this run's model (``init``) with other data (the shapes recipe's stage 3).
+    stop_step: int | None = None
     ema_decay: float = 0.999
     mixed_precision: str = "auto"  # "auto" = bf16 on GPU, none on CPU
     gradient_checkpointing: bool = False
@@ -552,7 +557,8 @@ def build_model(config: TrainConfig, pool: "SessionPool") -> VincieModel:
             preset = preset.replace(dit=dataclasses.replace(preset.dit, prediction=config.prediction,
                                                             vid_out_channels=preset.dit.output_channels(config.prediction)))
         model = fresh_model(preset, vae_dir=config.vae, vocab=vocab, seed=config.seed)
-    overrides = {k: v for k, v in (("attention", config.attention), ("prediction", config.prediction))
+    overrides = {k: v for k, v in (("attention", config.attention), ("prediction", config.prediction),
+                                   ("prompt_position", config.prompt_position))
                  if v and v != getattr(model.config.dit, k)}
     for key, value in _architecture(config).items() if config.init else ():
         if value != getattr(model.config.dit, key):
@@ -730,7 +736,7 @@ def run_steps(config, accelerator, out: Path, state: LoopState, *, draw, loss, p
 
     Args:
         config: reads ``max_steps``, ``seed``, ``grad_clip``, ``log_every``, ``checkpoint_minutes``,
-            ``max_minutes``.
+            ``max_minutes`` and (pretraining) ``stop_step``.
         state: from :func:`resume`; updated in place.
         draw: ``draw(rng)`` -> the step's batch (numpy generator).
         loss: ``loss(batch, gen)`` -> scalar loss tensor (torch generator), run under autocast.
@@ -743,10 +749,11 @@ def run_steps(config, accelerator, out: Path, state: LoopState, *, draw, loss, p
     from tqdm import tqdm
 
     metrics = (out / "metrics.jsonl").open("a")
-    bar = tqdm(total=config.max_steps, initial=state.step, desc=desc, unit="step", disable=not progress)
+    end = min(config.max_steps, getattr(config, "stop_step", None) or config.max_steps)
+    bar = tqdm(total=end, initial=state.step, desc=desc, unit="step", disable=not progress)
     start, last_ckpt, done_here = time.time() - state.elapsed, time.time(), 0
     try:
-        while state.step < config.max_steps:
+        while state.step < end:
             rng, gen = step_generators(config.seed, state.step, accelerator.process_index)
             batch = draw(rng)
             with accelerator.autocast():
@@ -771,7 +778,7 @@ def run_steps(config, accelerator, out: Path, state: LoopState, *, draw, loss, p
             out_of_time = config.max_minutes is not None and (time.time() - start) / 60 >= config.max_minutes
             stop_now = stop_after is not None and done_here >= stop_after
             if ((time.time() - last_ckpt) / 60 >= config.checkpoint_minutes or out_of_time or stop_now
-                    or state.step >= config.max_steps):
+                    or state.step >= end):
                 state.elapsed = time.time() - start
                 if accelerator.is_main_process:
                     checkpoint(state)

@@ -104,7 +104,19 @@ def _frame_channels(x: torch.Tensor, source: torch.Tensor | None) -> torch.Tenso
     return torch.cat((x, source, x.new_ones(h, w, 1)), -1)
 
 
-def build_training_sequence(seq: TrainingSequence, sampler, patch: tuple[int, int, int]) -> dict:
+def prompt_positions(kind: str, length: int, frame: int, cursor: int,
+                     device: torch.device | None = None) -> torch.Tensor:
+    """RoPE positions (length, 3) of the prompt that introduces frame ``frame`` (``DiTConfig.prompt_position``);
+    ``cursor``: text tokens before it in the session."""
+    if kind == "cursor":
+        return text_positions(length, offset=cursor, device=device)
+    positions = text_positions(length, device=device)
+    positions[:, 0] += frame - 1
+    return positions
+
+
+def build_training_sequence(seq: TrainingSequence, sampler, patch: tuple[int, int, int],
+                            prompt_position: str = "cursor") -> dict:
     """Inputs of one sample: channels, positions, block-causal mask, timestep ids, loss rows."""
     _, h, w, c = seq.latents.shape
     _, ph, pw = patch
@@ -139,7 +151,7 @@ def build_training_sequence(seq: TrainingSequence, sampler, patch: tuple[int, in
     cursor = 0
     for k, p in enumerate(seq.prompts, start=1):
         tokens.append(p)
-        tpos.append(text_positions(p.shape[0], offset=cursor))
+        tpos.append(prompt_positions(prompt_position, p.shape[0], k, cursor))
         starts.append(cursor)
         block_of_token += [("P", k)] * p.shape[0]
         cursor += p.shape[0]
@@ -147,7 +159,7 @@ def build_training_sequence(seq: TrainingSequence, sampler, patch: tuple[int, in
         if null is not None:
             k = seq.targets[j]
             tokens.append(null)
-            tpos.append(text_positions(null.shape[0], offset=starts[k - 1]))
+            tpos.append(prompt_positions(prompt_position, null.shape[0], k, starts[k - 1]))
             block_of_token += [("Z", j)] * null.shape[0]
 
     mask = block_causal_mask(block_of_token, seq)
@@ -230,7 +242,7 @@ def pack_training(model: VincieTransformer, sampler, sequences: list[TrainingSeq
     xts, x0s, srcs, row_t, exact = [], [], [], [], []
     row = 0
     for seq in sequences:
-        built = build_training_sequence(seq, sampler, patch)
+        built = build_training_sequence(seq, sampler, patch, model.config.prompt_position)
         t_frames, h, w, _ = built["vid"].shape
         per_frame_tokens = (h // patch[1]) * (w // patch[2])
         vids.append(built["vid"].reshape(-1, built["vid"].shape[-1]))
@@ -338,7 +350,8 @@ def extend_history(model: VincieTransformer, history: CachedHistory, *, frame: t
         pos = (video_positions(1, gh, gw, offset=history.frames, device=device), torch.zeros(0, 3, device=device))
         _, new = _run_block(model, [history.cache], [_frame_channels(frame, None)[None]], [None], [pos], zero, True)
         return CachedHistory(history.cache.extended(new[0]), history.prompt_lengths, history.frames + 1)
-    pos = (torch.zeros(0, 3, device=device), text_positions(prompt.shape[0], offset=history.text_cursor, device=device))
+    pos = (torch.zeros(0, 3, device=device), prompt_positions(model.config.prompt_position, prompt.shape[0],
+                                                              history.frames, history.text_cursor, device))
     _, new = _run_block(model, [history.cache], [None], [prompt], [pos], zero, True)
     return CachedHistory(history.cache.extended(new[0]), history.prompt_lengths + (prompt.shape[0],), history.frames)
 
@@ -346,7 +359,8 @@ def extend_history(model: VincieTransformer, history: CachedHistory, *, frame: t
 def prompt_cache(model: VincieTransformer, history: CachedHistory, prompts: list[torch.Tensor]) -> list[KVCache]:
     """KV chunks of candidate prompts for the next frame (e.g. the instruction and the null prompt)."""
     device = prompts[0].device
-    pos = [(torch.zeros(0, 3, device=device), text_positions(p.shape[0], offset=history.text_cursor, device=device))
+    pos = [(torch.zeros(0, 3, device=device), prompt_positions(model.config.prompt_position, p.shape[0],
+                                                               history.frames, history.text_cursor, device))
            for p in prompts]
     _, new = _run_block(model, [history.cache] * len(prompts), [None] * len(prompts), list(prompts), pos,
                         torch.zeros(1, device=device), True)

@@ -34,6 +34,8 @@ STATIC_CAMERA_PREFIX = "[###CAMERA: None###] "
 AttentionKind = Literal["full", "block_causal"]
 PredictionKind = Literal["velocity", "source_residual", "source_preconditioned", "source_gated"]
 PREDICTION_KINDS: tuple[str, ...] = ("velocity", "source_residual", "source_preconditioned", "source_gated")
+PromptPositionKind = Literal["cursor", "frame"]
+PROMPT_POSITION_KINDS: tuple[str, ...] = ("cursor", "frame")
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,12 @@ class DiTConfig:
     # input values and neighbours, which is what sharp, small shapes need.
     pixel_head: int = 0
     pixel_fold: int = 1
+    # Block-causal only: where the prompts' text tokens sit in RoPE space. "cursor": token j of the
+    # session's text at (j, j, j), prompts one after another, so a later turn's prompt lies ever farther
+    # from the image grid on the height and width axes too (our first layout). "frame" (our addition):
+    # token j of the prompt that introduces frame f at (f - 1 + j, j, j), so turn k is turn 1 shifted
+    # along time alone and what a model learns on one-turn sessions holds at every turn.
+    prompt_position: PromptPositionKind = "cursor"
 
     def output_channels(self, prediction: str) -> int:
         """The output width ``prediction`` needs: one latent (x_t | condition | flag come in), two gated."""
@@ -116,6 +124,9 @@ class DiTConfig:
             raise ValueError(f"DiTConfig: prediction={self.prediction!r} needs vid_out_channels="
                              f"{self.output_channels(self.prediction)} for vid_in_channels={self.vid_in_channels}, "
                              f"got {self.vid_out_channels}")
+        if self.prompt_position not in PROMPT_POSITION_KINDS:
+            raise ValueError(f"DiTConfig: prompt_position={self.prompt_position!r}; use one of "
+                             f"{', '.join(PROMPT_POSITION_KINDS)}")
         if self.frame_position < 0:
             raise ValueError(f"DiTConfig: frame_position={self.frame_position} must be >= 0 (0 = off)")
         if self.pixel_head < 0 or self.pixel_fold < 1:

@@ -16,12 +16,13 @@ from vincie_sdk.sampler import FlowMatchSampler
 BC_TINY = dataclasses.replace(TINY, name="tiny-bc", dit=dataclasses.replace(TINY.dit, attention="block_causal"))
 
 
-@pytest.fixture(scope="module", params=[{}, {"frame_position": 4}, {"pixel_head": 8, "pixel_fold": 2}],
-                ids=["plain", "frame-position", "pixel-head"])
+@pytest.fixture(scope="module", params=[{}, {"frame_position": 4}, {"pixel_head": 8, "pixel_fold": 2},
+                                        {"prompt_position": "frame"}],
+                ids=["plain", "frame-position", "pixel-head", "prompt-at-frame"])
 def bc_model(request):
-    """The block-causal tiny model, plain, with absolute in-frame positions (``frame_position``) and with
-    the per-pixel output head: every test here must hold for all (both work per frame, so the KV cache
-    and the block-causal mask see them too)."""
+    """The block-causal tiny model, plain, with absolute in-frame positions (``frame_position``), with
+    the per-pixel output head and with prompts placed at their frame (``prompt_position``): every test
+    here must hold for all (training and the KV cache must place every token alike)."""
     config = dataclasses.replace(BC_TINY, dit=dataclasses.replace(BC_TINY.dit, **request.param))
     model = VincieModel.from_random(config, seed=1)
     g = torch.Generator().manual_seed(0)
@@ -124,6 +125,16 @@ def test_cached_equals_uncached(bc_model):
     again = bc.extend_history(dit, again, frame=seq.latents[1])
     for (a, b), (c, d) in zip(history.cache.layers[0], again.cache.layers[0]):
         assert torch.allclose(a, c) and torch.allclose(b, d)
+
+
+def test_prompt_positions_at_the_frame_shift_time_alone():
+    cursor = bc.prompt_positions("cursor", 3, frame=3, cursor=10)
+    assert cursor.tolist() == [[10, 10, 10], [11, 11, 11], [12, 12, 12]]
+    at_frame = bc.prompt_positions("frame", 3, frame=3, cursor=10)
+    assert at_frame.tolist() == [[2, 0, 0], [3, 1, 1], [4, 2, 2]]  # turn 1's layout, two frames later
+    assert bc.prompt_positions("frame", 3, frame=1, cursor=0).tolist() == cursor.sub(10).tolist()
+    with pytest.raises(ValueError, match="prompt_position='time'"):
+        dataclasses.replace(TINY.dit, prompt_position="time")
 
 
 def test_block_causal_session(bc_model, source_image):

@@ -28,15 +28,21 @@ def test_shipped_config_parses(path):
 
 
 def test_embedded_curriculum_stages_continue_one_run():
-    stage1, stage2 = (TrainConfig.from_dict({k: v for k, v in yaml.safe_load(
+    stage1, stage2, stage3 = (TrainConfig.from_dict({k: v for k, v in yaml.safe_load(
         (CONFIGS[0].parent / name).read_text()).items() if k != "stage"})
-        for name in ("shapes_pretrain.yaml", "shapes_pretrain_stage2.yaml"))
+        for name in ("shapes_pretrain.yaml", "shapes_pretrain_stage2.yaml", "shapes_pretrain_stage3.yaml"))
     assert stage1.out_dir == stage2.out_dir and stage1.preset == stage2.preset
-    assert stage1.max_steps < stage2.max_steps
+    # A resumed or initialised stage must place the prompts as the model learned them.
+    assert stage1.prompt_position == stage2.prompt_position == stage3.prompt_position == "frame"
+    assert stage1.max_steps < stage2.stop_step < stage2.max_steps
     # Stage 2 widens stage 1's local edits with backgrounds: every ShapesBench edit kind.
     assert set(stage1.data.categories) < set(stage2.data.categories)
     from vincie_train.synth.instructions import EDIT_TYPES
-    assert set(stage2.data.categories) == set(EDIT_TYPES)
+    assert set(stage2.data.categories) == set(stage3.data.categories) == set(EDIT_TYPES)
+    # Stage 3 starts from stage 2's exported model, on other data, within what the 3-hour budget leaves.
+    assert stage3.init == f"{stage2.out_dir}/model" and stage3.out_dir != stage2.out_dir
+    assert stage3.data.max_turns == 5 and set(stage3.data.shards).isdisjoint(stage2.data.shards)
+    assert stage2.max_minutes <= 180 and stage3.max_minutes <= 180 - 104.4
 
 
 def test_dotted_override_reaches_nested_section():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -293,6 +294,21 @@ def test_resume_with_a_new_learning_rate_applies_it(tmp_path, shard):
     f = lr_lambda(first)  # the logged lr is the one for the next step
     assert lrs[3] == pytest.approx(2e-3 * f(4))
     assert lrs[4:] == pytest.approx([5e-4 * f(k + 1) for k in range(4, 12)])  # new base, same schedule
+
+
+def test_stop_step_stops_early_on_the_full_schedule_and_a_later_stage_starts_from_it(tmp_path, shard):
+    first = _config(tmp_path, shard, max_steps=12, threads=1, decay_to=0.1, stop_step=7)
+    model_dir = train(first, progress=False)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lrs) == 7 and lrs == pytest.approx([2e-3 * lr_lambda(first)(k + 1) for k in range(7)])
+    assert lrs[-1] > 2e-3 * 0.2  # part-way down a cosine that ends at step 12, not at 7
+    assert train(first, progress=False) == model_dir and len(_losses(tmp_path / "run")) == 7  # nothing left to do
+    # ... and may move the prompts to their frames (no new weights: allowed on an initialised model).
+    later = dataclasses.replace(first, out_dir=str(tmp_path / "stage3"), init=str(model_dir), stop_step=None,
+                                max_steps=3, prompt_position="frame")
+    later_dir = train(later, progress=False)
+    assert len(_losses(tmp_path / "stage3")) == 3
+    assert json.loads((Path(later_dir) / "config.json").read_text())["dit"]["prompt_position"] == "frame"
 
 
 def test_text_sensitivity_is_zero_when_the_text_path_is_cut():
