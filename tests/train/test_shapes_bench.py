@@ -304,6 +304,26 @@ def test_teacher_forced_runs_judge_every_turn_from_the_ground_truth(items100, ti
         run_shapes_bench(items100[:1], copy_editor, teacher_forced=True)
 
 
+@pytest.mark.parametrize("history", ["no-text", "last-image", "last-image-no-text"])
+def test_altered_true_histories_hold_what_they_name(items100, tiny_model, history):
+    from vincie_train.eval.editors import WORDLESS
+
+    item = items100[0]
+    turns = ModelEditor(tiny_model, steps=1, masks=False, history=history)(item)
+    for k in (1, 2):
+        turns.edit(item.instructions[k - 1])
+        turns.follow_truth(item.instructions[k - 1], item.image(k))
+    s = turns.session
+    words = [WORDLESS] * 2 if history.endswith("no-text") else list(item.instructions[:2])
+    assert s.prompts == words and len(s.images) == 3
+    shown = [np.asarray(i, dtype=int) for i in s.images]
+    truth = [np.asarray(item.image(k).resize(s.size, Image.BICUBIC), dtype=int) for k in (0, 1, 2)]
+    expected = [truth[2]] * 3 if history.startswith("last-image") else truth
+    assert all(np.abs(a - b).mean() < 3 for a, b in zip(shown, expected))
+    with pytest.raises(ValueError, match="history='all'"):
+        ModelEditor(tiny_model, history="all")
+
+
 def test_cli_writes_the_json_results(tmp_path, capsys, monkeypatch, tiny_model):
     from vincie_train.eval import cli
 
@@ -334,6 +354,12 @@ def test_cli_ground_truth_modes(tmp_path, capsys, monkeypatch, tiny_model):
         data = json.loads(out.read_text())
         assert data["mode"] == mode and data["teacher_forced"] and data["evaluated_turns"] == 3
     assert "turn success (from the true past)" in capsys.readouterr().out
+    assert eval_main(["shapes", "--mode", "gt-history", "--history", "no-text", "--sessions", "1", "--turns", "2",
+                      "--steps", "1", "--no-masks", "-q", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["history"] == "no-text"
+    capsys.readouterr()
+    assert eval_main(["shapes", "--mode", "model", "--history", "last-image", "--sessions", "1", "-q"]) == 2
+    assert "--history last-image alters the true past of --mode gt-history" in capsys.readouterr().err
 
 
 def test_cli_chain_mode_runs_the_model_with_its_adapters(tmp_path, monkeypatch, tiny_model):

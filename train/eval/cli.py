@@ -55,6 +55,10 @@ def register_eval(subparsers) -> None:
                         "oracle (renders the ground truth); diagnostics that judge every turn from a perfect "
                         "past: gt-history (the true earlier images in context) and gt-source (the true last "
                         "image alone)")
+    s.add_argument("--history", choices=("true", "no-text", "last-image", "last-image-no-text"), default="true",
+                   help="with --mode gt-history: what of the true past the context holds: all of it (true), "
+                        "wordless earlier instructions (no-text), every earlier image replaced by the last true "
+                        "one (last-image), or both (default: %(default)s)")
     s.add_argument("--sessions", type=int, default=None, help=f"number of sessions (default: {DEFAULT_SESSIONS}, "
                                                               "or all of --data)")
     s.add_argument("--seed", type=int, default=DEFAULT_SEED, help="benchmark seed (default: %(default)s)")
@@ -191,7 +195,8 @@ def _editor(mode: str, args, model):
         return FolderEditor(args.predictions)
     context = TEACHER_FORCED[mode] if mode in TEACHER_FORCED else mode != "no-context"
     return ModelEditor(model, context=context, chain=(mode == "chain"), steps=args.steps,
-                       cfg_scale=args.cfg, seed=args.sample_seed, masks=not args.no_masks)
+                       cfg_scale=args.cfg, seed=args.sample_seed, masks=not args.no_masks,
+                       history=getattr(args, "history", "true") if mode == "gt-history" else "true")
 
 
 def _model_with_loras(args):
@@ -285,6 +290,8 @@ def cmd_eval_shapes(args) -> int:
     if args.predictions and args.mode:
         raise ValueError("--predictions judges a folder of outputs; drop --mode (it applies to live editors)")
     mode = "predictions" if args.predictions else (args.mode or "model")
+    if args.history != "true" and mode != "gt-history":
+        raise ValueError(f"--history {args.history} alters the true past of --mode gt-history; got --mode {mode}")
     items, seed = _items(args)
     modes = [mode] + ([b for b in BASELINES if b != mode] if args.baselines else [])
     model = _model_with_loras(args) if any(m in LIVE_MODES for m in modes) else None
@@ -306,6 +313,8 @@ def cmd_eval_shapes(args) -> int:
     settings = {"seed": seed, "mode": mode, "model": model_name, "lora": args.lora if model is not None else None}
     if args.phrasings != "eval":
         settings["phrasings"] = args.phrasings
+    if args.history != "true":
+        settings["history"] = args.history
     if model is not None:
         settings.update(steps=args.steps or model.config.sampler.steps,
                         cfg=args.cfg if args.cfg is not None else model.config.sampler.cfg_scale)

@@ -31,6 +31,11 @@ from .judge import ImageLike
 from .shapes_bench import ShapesItem
 
 
+HISTORIES = ("true", "no-text", "last-image", "last-image-no-text")
+# An instruction with no words (a session needs a non-empty one): what the "no-text" histories hold.
+WORDLESS = "."
+
+
 class _Copy:
     def __init__(self, image: Image.Image) -> None:
         self.image = image
@@ -75,11 +80,17 @@ class ModelEditor:
         masks: answer :meth:`predict_masks` with the model's CSP/NSP predictions.
         chain: chain of editing (paper Table 3): every turn predicts the current-region mask, then the
             next-region mask, both kept in context, then the image (:meth:`Session.chain_edit`).
+        history: teacher-forced runs only, what of the true past the context holds (a probe of what in a
+            history hurts): ``"true"`` (all of it), ``"no-text"`` (the earlier instructions replaced by a
+            wordless one), ``"last-image"`` (every earlier image replaced by the last true one, so the
+            context holds no earlier content, only its length and instructions), ``"last-image-no-text"``.
     """
 
     def __init__(self, model, *, context: bool = True, steps: int | None = None, cfg_scale: float | None = None,
-                 seed: int = 1, masks: bool = True, chain: bool = False) -> None:
-        self.model, self.context, self.masks, self.chain = model, context, masks, chain
+                 seed: int = 1, masks: bool = True, chain: bool = False, history: str = "true") -> None:
+        if history not in HISTORIES:
+            raise ValueError(f"ModelEditor: history={history!r}; use one of {', '.join(HISTORIES)}")
+        self.model, self.context, self.masks, self.chain, self.history = model, context, masks, chain, history
         self.kwargs = {"seed": seed, "steps": steps, "cfg_scale": cfg_scale}
 
     def session(self, image: ImageLike):
@@ -95,6 +106,7 @@ class _ModelTurns:
     def __init__(self, editor: ModelEditor, image: Image.Image) -> None:
         self.editor = editor
         self.session = editor.session(image)
+        self.truth: list[tuple[str, Image.Image]] = [("", image)]  # (instruction, true image) so far
 
     def edit(self, instruction: str) -> Image.Image:
         image = (self.session.chain_edit if self.editor.chain else self.session.edit)(instruction)
@@ -104,11 +116,18 @@ class _ModelTurns:
 
     def follow_truth(self, instruction: str, image: Image.Image) -> None:
         """Teacher forcing: the next turn continues from the ground-truth ``image`` instead of the output."""
-        if self.editor.context:
+        self.truth.append((instruction, image))
+        if not self.editor.context:
+            self.session = self.editor.session(image)
+        elif self.editor.history == "true":
             self.session.undo()
             self.session.add_turn(instruction, image)
-        else:
-            self.session = self.editor.session(image)
+        else:  # rebuilt from the altered true past
+            last = self.editor.history.startswith("last-image")
+            self.session = self.editor.session(image if last else self.truth[0][1])
+            for text, truth in self.truth[1:]:
+                self.session.add_turn(WORDLESS if self.editor.history.endswith("no-text") else text,
+                                      image if last else truth)
 
     def predict_masks(self, instruction: str) -> tuple[Image.Image, Image.Image] | None:
         if not self.editor.masks:
