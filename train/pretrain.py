@@ -102,6 +102,8 @@ class TrainConfig(ObjectiveConfig):
     attention: str | None = None  # override the preset's variant: "full" or "block_causal"
     # Override ``DiTConfig.prompt_position`` ("cursor" or "frame"): no new weights, so also on ``init``.
     prompt_position: str | None = None
+    # Override ``DiTConfig.target_prompts`` ("all" or "own"): no new weights, so also on ``init``.
+    target_prompts: str | None = None
     prediction: str | None = None  # override the preset's output (config.PREDICTION_KINDS); fresh models only if it changes the width
     # Override the preset's DiT patch (t, h, w) in latent pixels: the token size. Fresh models only (it
     # changes the DiT's shapes); the exported config records it.
@@ -558,7 +560,8 @@ def build_model(config: TrainConfig, pool: "SessionPool") -> VincieModel:
                                                             vid_out_channels=preset.dit.output_channels(config.prediction)))
         model = fresh_model(preset, vae_dir=config.vae, vocab=vocab, seed=config.seed)
     overrides = {k: v for k, v in (("attention", config.attention), ("prediction", config.prediction),
-                                   ("prompt_position", config.prompt_position))
+                                   ("prompt_position", config.prompt_position),
+                                   ("target_prompts", config.target_prompts))
                  if v and v != getattr(model.config.dit, k)}
     for key, value in _architecture(config).items() if config.init else ():
         if value != getattr(model.config.dit, key):

@@ -116,7 +116,7 @@ def prompt_positions(kind: str, length: int, frame: int, cursor: int,
 
 
 def build_training_sequence(seq: TrainingSequence, sampler, patch: tuple[int, int, int],
-                            prompt_position: str = "cursor") -> dict:
+                            prompt_position: str = "cursor", target_prompts: str = "all") -> dict:
     """Inputs of one sample: channels, positions, block-causal mask, timestep ids, loss rows."""
     _, h, w, c = seq.latents.shape
     _, ph, pw = patch
@@ -162,7 +162,7 @@ def build_training_sequence(seq: TrainingSequence, sampler, patch: tuple[int, in
             tpos.append(prompt_positions(prompt_position, null.shape[0], k, starts[k - 1]))
             block_of_token += [("Z", j)] * null.shape[0]
 
-    mask = block_causal_mask(block_of_token, seq)
+    mask = block_causal_mask(block_of_token, seq, own_prompt_only=target_prompts == "own")
     return {
         "vid": torch.stack(chans),  # (T, h, w, 2C+1)
         "txt": torch.cat(tokens) if tokens else seq.latents.new_zeros(0, seq.prompts[0].shape[-1]),
@@ -187,9 +187,11 @@ def seen_clean_frames(seq: TrainingSequence) -> list[int]:
     return sorted(needed)
 
 
-def block_causal_mask(blocks: list[tuple[str, int]], seq: TrainingSequence) -> torch.Tensor:
+def block_causal_mask(blocks: list[tuple[str, int]], seq: TrainingSequence, *,
+                      own_prompt_only: bool = False) -> torch.Tensor:
     """(L, L) bool: may token q attend to token k. Blocks: F k (clean frame), P k (prompt of frame k),
-    N j (noisy target j), Z j (null prompt of target j). Order: F0 < P1 < F1 < P2 < F2 ..."""
+    N j (noisy target j), Z j (null prompt of target j). Order: F0 < P1 < F1 < P2 < F2 ...
+    ``own_prompt_only``: a noisy target sees no prompt but its own (``DiTConfig.target_prompts``)."""
     def order(kind: str, idx: int) -> int:
         if kind == "F":
             return 2 * idx
@@ -224,6 +226,8 @@ def block_causal_mask(blocks: list[tuple[str, int]], seq: TrainingSequence) -> t
                 k_frame = seq.targets[qv]
                 if kk == "P" and kv == k_frame and qv in null_of:
                     continue  # replaced by its null prompt
+                if kk == "P" and kv != k_frame and own_prompt_only:
+                    continue
                 visible = order(kk, kv) < 2 * k_frame
                 required = kk == "F" and kv == seq.sources[k_frame - 1]
                 allow[qi, ki] = visible and (required or not (kk == "F" and kv in seq.dropped))
@@ -242,7 +246,8 @@ def pack_training(model: VincieTransformer, sampler, sequences: list[TrainingSeq
     xts, x0s, srcs, row_t, exact = [], [], [], [], []
     row = 0
     for seq in sequences:
-        built = build_training_sequence(seq, sampler, patch, model.config.prompt_position)
+        built = build_training_sequence(seq, sampler, patch, model.config.prompt_position,
+                                        model.config.target_prompts)
         t_frames, h, w, _ = built["vid"].shape
         per_frame_tokens = (h // patch[1]) * (w // patch[2])
         vids.append(built["vid"].reshape(-1, built["vid"].shape[-1]))
@@ -364,7 +369,11 @@ def prompt_cache(model: VincieTransformer, history: CachedHistory, prompts: list
            for p in prompts]
     _, new = _run_block(model, [history.cache] * len(prompts), [None] * len(prompts), list(prompts), pos,
                         torch.zeros(1, device=device), True)
-    return [history.cache.extended(n) for n in new]
+    seen = history.cache
+    if model.config.target_prompts == "own":
+        # Chunks run F0, P1, F1, P2, F2, ...: the frame to generate keeps the frames and its own prompt.
+        seen = seen.selected([i for i in range(seen.num_chunks) if i % 2 == 0])
+    return [seen.extended(n) for n in new]
 
 
 @torch.no_grad()

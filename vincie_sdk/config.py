@@ -90,6 +90,11 @@ class DiTConfig:
     # token j of the prompt that introduces frame f at (f - 1 + j, j, j), so turn k is turn 1 shifted
     # along time alone and what a model learns on one-turn sessions holds at every turn.
     prompt_position: PromptPositionKind = "cursor"
+    # Block-causal only: which prompts a frame being generated attends to. "all": every earlier one (the
+    # paper's mask); "own" (our addition): its own prompt alone, the earlier instructions reaching it only
+    # through the clean frames that read them. With "all", earlier instructions took over later turns of a
+    # small model (docs/shapes_bench.md, "What in the history hurts").
+    target_prompts: Literal["all", "own"] = "all"
 
     def output_channels(self, prediction: str) -> int:
         """The output width ``prediction`` needs: one latent (x_t | condition | flag come in), two gated."""
@@ -127,6 +132,8 @@ class DiTConfig:
         if self.prompt_position not in PROMPT_POSITION_KINDS:
             raise ValueError(f"DiTConfig: prompt_position={self.prompt_position!r}; use one of "
                              f"{', '.join(PROMPT_POSITION_KINDS)}")
+        if self.target_prompts not in ("all", "own"):
+            raise ValueError(f"DiTConfig: target_prompts={self.target_prompts!r}; use 'all' or 'own'")
         if self.frame_position < 0:
             raise ValueError(f"DiTConfig: frame_position={self.frame_position} must be >= 0 (0 = off)")
         if self.pixel_head < 0 or self.pixel_fold < 1:

@@ -17,11 +17,12 @@ BC_TINY = dataclasses.replace(TINY, name="tiny-bc", dit=dataclasses.replace(TINY
 
 
 @pytest.fixture(scope="module", params=[{}, {"frame_position": 4}, {"pixel_head": 8, "pixel_fold": 2},
-                                        {"prompt_position": "frame"}],
-                ids=["plain", "frame-position", "pixel-head", "prompt-at-frame"])
+                                        {"prompt_position": "frame"}, {"target_prompts": "own"}],
+                ids=["plain", "frame-position", "pixel-head", "prompt-at-frame", "own-prompt"])
 def bc_model(request):
     """The block-causal tiny model, plain, with absolute in-frame positions (``frame_position``), with
-    the per-pixel output head and with prompts placed at their frame (``prompt_position``): every test
+    the per-pixel output head, with prompts placed at their frame (``prompt_position``) and with targets
+    that read their own prompt only (``target_prompts``): every test
     here must hold for all (training and the KV cache must place every token alike)."""
     config = dataclasses.replace(BC_TINY, dit=dataclasses.replace(BC_TINY.dit, **request.param))
     model = VincieModel.from_random(config, seed=1)
@@ -64,6 +65,11 @@ def test_mask_block_structure(bc_model):
     n0 = at[("N", 0)]
     assert not m[n0, at[("P", 1)]] and m[n0, at[("Z", 0)]] and not m[n1, at[("Z", 0)]]
     assert not m[n0, n1] and not m[at[("F", 2)], n0]
+    # target_prompts="own": a noisy target reads no earlier prompt; the clean frames still do.
+    own = bc.block_causal_mask(blocks, seq, own_prompt_only=True)
+    assert not own[n1, at[("P", 1)]] and own[n1, at[("P", 2)]] and own[n1, at[("F", 1)]] and own[n1, at[("F", 0)]]
+    assert own[at[("F", 1)], at[("P", 1)]] and own[n0, at[("Z", 0)]]
+    assert torch.equal(own | m, m) and (m & ~own).sum() > 0  # it only hides
 
 
 def test_later_tokens_do_not_change_earlier_outputs(bc_model):

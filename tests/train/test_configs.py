@@ -34,6 +34,8 @@ def test_embedded_curriculum_stages_continue_one_run():
     assert stage1.out_dir == stage2.out_dir and stage1.preset == stage2.preset
     # A resumed or initialised stage must place the prompts as the model learned them.
     assert stage1.prompt_position == stage2.prompt_position == stage3.prompt_position == "frame"
+    # Stage 1's samples hold one turn, where a target's own prompt is every image prompt it could read.
+    assert stage1.data.max_turns == 1 and stage2.target_prompts == stage3.target_prompts == "own"
     assert stage1.max_steps < stage2.stop_step < stage2.max_steps
     # Stage 2 widens stage 1's local edits with backgrounds: every ShapesBench edit kind.
     assert set(stage1.data.categories) < set(stage2.data.categories)

@@ -273,6 +273,10 @@ class KVCache:
     def truncated(self, num_chunks: int) -> "KVCache":
         return KVCache(len(self.layers), [chunks[:num_chunks] for chunks in self.layers])
 
+    def selected(self, indices: Sequence[int]) -> "KVCache":
+        """A cache of the chunks at ``indices`` only (sharing their tensors)."""
+        return KVCache(len(self.layers), [[chunks[i] for i in indices] for chunks in self.layers])
+
     def keys_values(self, layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         chunks = self.layers[layer]
         if not chunks:
