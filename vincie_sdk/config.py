@@ -88,7 +88,7 @@ class DiTConfig:
     # session's text at (j, j, j), prompts one after another, so a later turn's prompt lies ever farther
     # from the image grid on the height and width axes too (our first layout). "frame" (our addition):
     # token j of the prompt that introduces frame f at (f - 1 + j, j, j), so turn k is turn 1 shifted
-    # along time alone and what a model learns on one-turn sessions holds at every turn.
+    # along time alone (on its own it did not keep earlier instructions out: see ``target_prompts``).
     prompt_position: PromptPositionKind = "cursor"
     # Block-causal only: which prompts a frame being generated attends to. "all": every earlier one (the
     # paper's mask); "own" (our addition): its own prompt alone, the earlier instructions reaching it only

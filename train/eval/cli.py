@@ -55,7 +55,9 @@ def register_eval(subparsers) -> None:
                         "oracle (renders the ground truth); diagnostics that judge every turn from a perfect "
                         "past: gt-history (the true earlier images in context) and gt-source (the true last "
                         "image alone)")
-    s.add_argument("--history", choices=("true", "no-text", "last-image", "last-image-no-text"), default="true",
+    from .editors import HISTORIES
+
+    s.add_argument("--history", choices=HISTORIES, default="true",
                    help="with --mode gt-history: what of the true past the context holds: all of it (true), "
                         "wordless earlier instructions (no-text), every earlier image replaced by the last true "
                         "one (last-image), or both (default: %(default)s)")
