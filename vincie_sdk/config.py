@@ -288,10 +288,12 @@ SHAPES = VincieConfig(
     name="vincie-shapes",
     # Width 192: at equal CPU minutes it learned the binding toy better than width 256 (docs/training.md,
     # "Model size"). A gated source residual (48 residual values + 48 gate logits per latent pixel): at
-    # equal minutes it beat the plain residual on ShapesBench (docs/training.md, "Output").
+    # equal minutes it beat the plain residual on ShapesBench (docs/training.md, "Output"). Prompts at their
+    # frames, each drawn frame reading its own instruction only: with every prompt visible, earlier
+    # instructions took over later turns (ShapesBench turn 5 0.02 -> 0.40, docs/shapes_bench.md).
     dit=DiTConfig(vid_in_channels=97, vid_out_channels=96, vid_dim=192, txt_in_dim=64, heads=3, head_dim=64,
                   patch_size=(1, 2, 2), num_layers=6, mm_layers=2, rope_dim=60, attention="block_causal",
-                  prediction="source_gated"),
+                  prediction="source_gated", prompt_position="frame", target_prompts="own"),
     vae=VAEConfig(kind="pixel", spatial_downsample_factor=4, latent_channels=48, scaling_factor=1.5,
                   shifting_factor=0.0, use_sample=False),
     text=TextEncoderConfig(subfolder="text_encoder", hidden_size=64, max_length=48, trust_remote_code=False,
