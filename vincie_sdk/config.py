@@ -36,6 +36,8 @@ PredictionKind = Literal["velocity", "source_residual", "source_preconditioned",
 PREDICTION_KINDS: tuple[str, ...] = ("velocity", "source_residual", "source_preconditioned", "source_gated")
 PromptPositionKind = Literal["cursor", "frame"]
 PROMPT_POSITION_KINDS: tuple[str, ...] = ("cursor", "frame")
+TargetPromptsKind = Literal["all", "own"]
+TARGET_PROMPTS_KINDS: tuple[str, ...] = ("all", "own")
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class DiTConfig:
     # paper's mask); "own" (our addition): its own prompt alone, the earlier instructions reaching it only
     # through the clean frames that read them. With "all", earlier instructions took over later turns of a
     # small model (docs/shapes_bench.md, "What in the history hurts").
-    target_prompts: Literal["all", "own"] = "all"
+    target_prompts: TargetPromptsKind = "all"
 
     def output_channels(self, prediction: str) -> int:
         """The output width ``prediction`` needs: one latent (x_t | condition | flag come in), two gated."""
@@ -132,8 +134,9 @@ class DiTConfig:
         if self.prompt_position not in PROMPT_POSITION_KINDS:
             raise ValueError(f"DiTConfig: prompt_position={self.prompt_position!r}; use one of "
                              f"{', '.join(PROMPT_POSITION_KINDS)}")
-        if self.target_prompts not in ("all", "own"):
-            raise ValueError(f"DiTConfig: target_prompts={self.target_prompts!r}; use 'all' or 'own'")
+        if self.target_prompts not in TARGET_PROMPTS_KINDS:
+            raise ValueError(f"DiTConfig: target_prompts={self.target_prompts!r}; use one of "
+                             f"{', '.join(TARGET_PROMPTS_KINDS)}")
         if self.frame_position < 0:
             raise ValueError(f"DiTConfig: frame_position={self.frame_position} must be >= 0 (0 = off)")
         if self.pixel_head < 0 or self.pixel_fold < 1:
