@@ -47,6 +47,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             config=config,
             lossless=not args.lossy,
             progress=not args.no_progress,
+            revert_prob=args.revert_prob,
             **({"types": tuple(t.strip() for t in args.types.split(",") if t.strip())} if args.types else {}),
         )
     except (ValueError, OSError) as exc:
@@ -58,6 +59,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def _annotator(args: argparse.Namespace):
     from .data.annotate import make_annotator
 
+    if args.back_phrasing and args.annotator != "synthetic":
+        raise ValueError("--back-phrasing needs the synthetic annotator (it reads the scenes of the sidecars)")
     if args.annotator == "openai":
         return make_annotator(
             "openai",
@@ -70,7 +73,7 @@ def _annotator(args: argparse.Namespace):
         )
     if args.annotator == "hf":
         return make_annotator("hf", model_dir=args.hf_model, device=args.device, max_retries=args.max_retries)
-    return make_annotator(args.annotator)
+    return make_annotator(args.annotator, **({"back_prob": args.back_phrasing} if args.back_phrasing else {}))
 
 
 def _masker(args: argparse.Namespace):
@@ -149,6 +152,9 @@ def _add_synth(sub) -> None:
     p.add_argument("--types", default=None,
                    help="comma-separated change types of the events (default: all of add, remove, move, recolor, "
                    "resize, background, lighting, camera_pan, camera_zoom)")
+    p.add_argument("--revert-prob", type=float, default=0.0,
+                   help="chance that an event undoes the latest change of one thing (an object comes back, moves "
+                   "back, takes its old colour or size; the old background returns), when possible (default 0)")
     p.add_argument("--lossy", action="store_true", help="libx264 yuv420p (plays everywhere) instead of lossless RGB")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
@@ -182,6 +188,10 @@ def _add_build(sub) -> None:
     g.add_argument("--max-session-frames", type=int, default=20, help="split longer interval sessions (default 20)")
     g.add_argument("--still-frames", action="store_true",
                    help="move each sampled frame to the nearest frame at rest (none caught mid-motion or mid-fade)")
+    p.add_argument("--back-phrasing", type=float, default=0.0, metavar="P",
+                   help="synthetic annotator: phrase a turn that undoes an earlier change by reference ('move the "
+                   "red circle back') with probability P, also keeping the explicit phrasing for sessions cut "
+                   "before the state it restores (default 0: always explicit)")
     g = p.add_argument_group("shots and filters")
     g.add_argument("--shot-detector", choices=("histogram", "scenedetect"), default="histogram")
     g.add_argument("--min-shot-seconds", type=float, default=1.0, help="reject shorter shots (default 1)")

@@ -23,7 +23,8 @@ from vincie_sdk.config import VAEConfig, VincieConfig
 from vincie_sdk.loading import load_into, read_state_dict
 from vincie_sdk.model import VincieModel
 from vincie_sdk.models.dit import VincieTransformer
-from vincie_sdk.models.text_encoder import TextEncoder, build_text_encoder_folder
+from vincie_sdk.models.text_encoder import (EOD_TOKEN, UNK_TOKEN, TextEncoder, build_text_encoder_folder,
+                                             build_word_tokenizer)
 from vincie_sdk.models.autoencoder import build_autoencoder
 from vincie_sdk.prompts import TASK_PHRASES, FrameKind, frame_prompt
 
@@ -80,6 +81,44 @@ def fresh_model(config: VincieConfig, *, vae_dir: str | Path | None, vocab: list
     # (our first run: identical outputs for different instructions after 1,500 steps).
     torch.nn.init.normal_(text.model.get_input_embeddings().weight, std=1.0)
     return VincieModel(config, dit, vae, text)
+
+
+def extend_vocabulary(text: TextEncoder, words: Iterable[str], seed: int = 0) -> list[str]:
+    """Append the ``words`` a word-level text encoder does not know to its vocabulary, each with a new
+    embedding row (drawn like :func:`fresh_model`'s); known words keep their ids, so the trained rows
+    keep their meaning. For continuing a trained embedded model on data with new words (e.g. the back
+    phrasings of ``vincie data build --back-phrasing``): otherwise they would all read as ``[UNK]``.
+    Other tokenizers (sub-word, as the official Qwen's) already spell every word and are left alone.
+
+    Returns:
+        The words added, in their new id order (empty if none or not a word-level tokenizer).
+    """
+    from tokenizers import models
+
+    backend = getattr(text.tokenizer, "backend_tokenizer", None)
+    if backend is None or not isinstance(backend.model, models.WordLevel):
+        return []
+    vocab = text.tokenizer.get_vocab()
+    new = [w for w in dict.fromkeys(w.lower() for w in words) if w and w not in vocab]
+    if not new:
+        return []
+    ordered = sorted(vocab, key=vocab.get)
+    if [vocab[w] for w in ordered] != list(range(len(ordered))) or ordered[:2] != [UNK_TOKEN, EOD_TOKEN]:
+        raise ValueError("extend_vocabulary: the tokenizer is not one build_word_tokenizer made "
+                         "([UNK], <|endoftext|>, then words at consecutive ids)")
+    tokenizer = build_word_tokenizer(ordered[2:] + new, max_length=text.tokenizer.model_max_length)
+    embeddings = text.model.get_input_embeddings()
+    old_rows = embeddings.weight.detach().clone()
+    # The new rows are drawn below; transformers' mean-matching draw would only be overwritten.
+    text.model.resize_token_embeddings(len(ordered) + len(new), mean_resizing=False)
+    weight = text.model.get_input_embeddings().weight
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        weight[: len(ordered)] = old_rows
+        weight[len(ordered):] = torch.randn(len(new), weight.shape[1], generator=generator).to(weight.dtype)
+    text.tokenizer = tokenizer
+    text.cache_clear()
+    return new
 
 
 def install(model_dir: str | Path, dest: str | Path, dtype: str = "float16", **sampler) -> Path:

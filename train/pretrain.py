@@ -62,6 +62,11 @@ class DataConfig:
     # Keep only turns of these categories (``TurnRecord.category``; sessions are split at the others).
     # Empty = all. For a curriculum: e.g. local edits first, then everything.
     categories: tuple[str, ...] = ()
+    # Share of the drawn samples that end at a turn phrased by reference to the history ("put the red
+    # circle back", ``vincie data build --back-phrasing``) and reach back to the frame it refers to. Drawn
+    # uniformly, a few percent of the targets are such turns, and a model trained on them for an hour
+    # did not learn to resolve them (docs/training.md, stage 4).
+    recall_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,37 @@ def kept_parts(record: SessionRecord, keep) -> list[SessionRecord]:
     return parts
 
 
+def instructions_of(turn) -> list[str]:
+    """Every wording a turn can be trained with: its instruction and, if annotated, its back phrasing."""
+    back = (turn.extra or {}).get("back")
+    return [turn.instruction] + ([back["instruction"]] if back else [])
+
+
+def with_back_instructions(record: SessionRecord) -> SessionRecord:
+    """The session with each turn that has a back phrasing (``extra["back"]``, written by the synthetic
+    annotator with ``--back-phrasing``) worded by it when the session holds the frame that phrasing
+    refers to (``span`` frames before the turn's source); turns cut off from it keep the explicit one."""
+    turns = [dataclasses.replace(t, instruction=t.extra["back"]["instruction"])
+             if (t.extra or {}).get("back") and k >= int(t.extra["back"]["span"]) else t
+             for k, t in enumerate(record.turns)]
+    return SessionRecord(record.key, record.frames, turns, record.provenance)
+
+
+def recall_turns(sessions: list[SessionRecord], min_turns: int, max_turns: int) -> list[tuple[int, int, int]]:
+    """``(session, turn, fewest turns)`` for every turn with a back phrasing that a sample of at most
+    ``max_turns`` turns ending at it can hold together with the frame it refers to (``span`` frames
+    before its source): the sample needs at least ``span + 1`` turns (and ``min_turns``)."""
+    out = []
+    for s, record in enumerate(sessions):
+        for k, turn in enumerate(record.turns):
+            back = (turn.extra or {}).get("back")
+            if back:
+                fewest = max(int(back["span"]) + 1, min_turns)
+                if fewest <= min(max_turns, k + 1):
+                    out.append((s, k, fewest))
+    return out
+
+
 def static_camera_parts(record: SessionRecord) -> list[SessionRecord]:
     """The maximal runs of consecutive static-camera turns of a session, each as a session."""
     return kept_parts(record, lambda turn: (turn.camera or CAMERA_NONE) == CAMERA_NONE)
@@ -232,6 +268,7 @@ class SessionPool:
                 raise ValueError(f"no turns of categories {sorted(wanted)} in {list(config.shards)} "
                                  f"(data.categories); the shards have {found}")
         self.config = config
+        self._index_recall_turns()
         log.info("loaded %d sessions from %s", len(self.sessions), list(config.shards))
 
     @classmethod
@@ -242,17 +279,35 @@ class SessionPool:
         pool = cls.__new__(cls)
         pool.sessions, pool.config = list(sessions), config
         pool.corpus = pool.sessions
+        pool._index_recall_turns()
         return pool
+
+    def _index_recall_turns(self) -> None:
+        self.recall_turns = recall_turns(self.sessions, self.config.min_turns, self.config.max_turns)
+        if self.config.recall_share > 0 and not self.recall_turns:
+            raise ValueError(f"data.recall_share={self.config.recall_share} but no turn of {list(self.config.shards)} "
+                             "has a back phrasing within reach of a sample of data.max_turns turns (build the "
+                             "shards with `vincie data build --back-phrasing`)")
 
     def draw(self, rng: np.random.Generator, n: int) -> list[SessionRecord]:
         out = []
+        share = self.config.recall_share
         for _ in range(n):
+            # No extra draw without recall_share: earlier runs resume on the same samples.
+            if share > 0 and rng.random() < share:
+                s, turn, shortest = self.recall_turns[int(rng.integers(len(self.recall_turns)))]
+                record = self.sessions[s]
+                turns = int(rng.integers(shortest, min(self.config.max_turns, turn + 1) + 1))
+                start = turn + 1 - turns
+                out.append(with_back_instructions(SessionRecord(record.key, record.frames[start: turn + 2],
+                                                                record.turns[start: turn + 1], record.provenance)))
+                continue
             record = self.sessions[int(rng.integers(len(self.sessions)))]
             turns = int(rng.integers(self.config.min_turns, self.config.max_turns + 1))
             turns = min(turns, len(record.turns))
             start = int(rng.integers(0, len(record.turns) - turns + 1))
-            out.append(SessionRecord(record.key, record.frames[start: start + turns + 1],
-                                     record.turns[start: start + turns], record.provenance))
+            out.append(with_back_instructions(SessionRecord(record.key, record.frames[start: start + turns + 1],
+                                                            record.turns[start: start + turns], record.provenance)))
         return out
 
 
@@ -545,13 +600,16 @@ def plot_losses(losses: list[tuple[int, float]], path: Path) -> None:
 def build_model(config: TrainConfig, pool: "SessionPool") -> VincieModel:
     """The model to train: ``init`` if given, else a fresh preset with a trained autoencoder (``vae``)
     and a text encoder whose vocabulary is the training corpus' words."""
+    from .embedded import extend_vocabulary, fresh_model, prompt_vocabulary
+
+    vocab = prompt_vocabulary((text for r in pool.corpus for t in r.turns for text in instructions_of(t)),
+                              (t.camera for r in pool.corpus for t in r.turns))
     if config.init:
         model = VincieModel.from_pretrained(config.init, dtype="float32")
+        added = extend_vocabulary(model.text_encoder, vocab, seed=config.seed)
+        if added:
+            log.info("text encoder: %d new words from the data: %s", len(added), " ".join(added))
     else:
-        from .embedded import fresh_model, prompt_vocabulary
-
-        vocab = prompt_vocabulary((t.instruction for r in pool.corpus for t in r.turns),
-                                  (t.camera for r in pool.corpus for t in r.turns))
         preset = get_preset(config.preset)
         if _architecture(config):
             preset = preset.replace(dit=dataclasses.replace(preset.dit, **_architecture(config)))

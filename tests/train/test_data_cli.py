@@ -70,13 +70,21 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert cli.main(["data", "build", "--videos", str(tmp_path), "--out", str(tmp_path / "o"),
                      "--annotator", "openai"]) == 2
     assert "--openai-model" in capsys.readouterr().err
+    assert cli.main(["data", "build", "--videos", str(tmp_path), "--out", str(tmp_path / "o"),
+                     "--annotator", "openai", "--openai-model", "m", "--back-phrasing", "0.5"]) == 2
+    assert "--back-phrasing needs the synthetic annotator" in capsys.readouterr().err
+    assert cli.main(["data", "build", "--videos", str(tmp_path), "--out", str(tmp_path / "o"),
+                     "--back-phrasing", "1.5"]) == 2
+    assert "back_prob=1.5" in capsys.readouterr().err
+    assert cli.main(["data", "synth", "--out", str(tmp_path / "w"), "--videos", "1", "--revert-prob", "-1"]) == 2
+    assert "revert_prob=-1" in capsys.readouterr().err
     assert cli.main(["data", "show", str(tmp_path / "none.tar"), "-o", str(tmp_path / "x.png")]) == 2
 
 
 @pytest.mark.parametrize(
     "module",
     ["vincie_train.synth.world", "vincie_train.synth.instructions", "vincie_train.synth.dynamics",
-     "vincie_train.synth.parse", "vincie_train.synth.video", "vincie_train.synth", "vincie_train.data.sampling",
+     "vincie_train.synth.parse", "vincie_train.synth.video", "vincie_train.synth", "vincie_train.synth.undo", "vincie_train.data.sampling",
      "vincie_train.data.shots", "vincie_train.data.annotate", "vincie_train.data.format", "vincie_train.data.masks",
      "vincie_train.data.build"],
 )

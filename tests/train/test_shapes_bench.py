@@ -341,6 +341,12 @@ def test_cli_writes_the_json_results(tmp_path, capsys, monkeypatch, tiny_model):
     assert data["baselines"]["copy"]["cumulative_success"] == [0.0] * 5
     assert len(data["baselines"]["no-context"]["cumulative_success"]) == 5
     assert "cumulative success" in capsys.readouterr().out
+    # the recall variant: the oracle restores what the history holds, the report counts those turns
+    assert eval_main(["shapes", "--mode", "oracle", "--sessions", "6", "--recall", "1", "--json", str(out), "-q",
+                      "--no-masks"]) == 0
+    data = json.loads(out.read_text())
+    assert data["recall"] == 1.0 and data["recall_turns"]["n"] >= 12 and data["recall_turns"]["success"] == 1.0
+    assert "phrased by reference to the history (recall)" in capsys.readouterr().out
 
 
 def test_cli_ground_truth_modes(tmp_path, capsys, monkeypatch, tiny_model):

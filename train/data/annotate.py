@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from ..synth.instructions import category_of, describe_changes, diff_scenes
+from ..synth.undo import undo_span
 from ..synth.video import load_sidecar
 
 log = logging.getLogger(__name__)
@@ -212,12 +213,21 @@ class SyntheticAnnotator:
 
     Instructions use the *train* phrasings; the template is drawn from a generator seeded by the session
     key and turn, so the result does not depend on sharding or order.
+
+    With ``back_prob > 0``, a turn that undoes the latest change of one thing in the session so far
+    (:func:`vincie_train.synth.undo.undo_span`) is, with that probability, also phrased by reference
+    ("move the red circle back"): ``extra["back"] = {"instruction": ..., "span": k}``, where ``k`` is
+    how many frames back the restored state was last shown. The explicit instruction stays the turn's
+    instruction; a trainer uses the back one only when the session it draws holds that frame
+    (:func:`vincie_train.pretrain.with_back_instructions`).
     """
 
     name = "synthetic"
 
-    def __init__(self, split: str = "train"):
-        self.split = split
+    def __init__(self, split: str = "train", back_prob: float = 0.0):
+        if not 0.0 <= back_prob <= 1.0:
+            raise ValueError(f"SyntheticAnnotator: back_prob={back_prob} must be within [0, 1]")
+        self.split, self.back_prob = split, back_prob
 
     def annotate(self, clip: Clip, i: int) -> Transition:
         if clip.sidecar is None:
@@ -232,6 +242,13 @@ class SyntheticAnnotator:
         rng = np.random.default_rng([zlib.crc32(clip.key.encode()), i])
         instruction, camera = describe_changes(changes, rng, self.split)
         ids = list(dict.fromkeys(c.object.id for c in changes if c.object is not None))
+        extra = {}
+        if self.back_prob > 0:
+            back_rng = np.random.default_rng([zlib.crc32(clip.key.encode()), i, 1])
+            span = undo_span([frames[clip.indices[j]]["scene"] for j in range(i + 1)], b)
+            if span is not None and back_rng.random() < self.back_prob:
+                extra["back"] = {"instruction": describe_changes(changes, back_rng, self.split, back=True)[0],
+                                 "span": span}
         names_a = {o.id: o.describe() for o in a.objects}
         names_b = {o.id: o.describe() for o in b.objects}
         return Transition(
@@ -242,6 +259,7 @@ class SyntheticAnnotator:
             objects_tgt=[names_b[k] for k in ids if k in names_b],
             changes=[c.to_dict() for c in changes],
             object_ids=ids,
+            extra=extra,
         )
 
 

@@ -68,6 +68,10 @@ def register_eval(subparsers) -> None:
     s.add_argument("--phrasings", choices=("eval", "train"), default="eval",
                    help="instruction wordings: eval (held out, the benchmark) or train (diagnostic: same scenes "
                         "and edits in the training wordings)")
+    s.add_argument("--recall", type=float, default=0.0, metavar="P",
+                   help="the recall variant: from turn 2 on, each turn is with probability P an undo of an earlier "
+                        "change phrased by reference ('put the red circle back'), which only the history resolves "
+                        "(default 0: the benchmark itself; docs/shapes_bench.md)")
     s.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     s.add_argument("--cfg", type=float, help="guidance scale (default: the model's)")
     s.add_argument("--sample-seed", type=int, default=1, help="the sessions' noise seed (default: %(default)s)")
@@ -180,7 +184,8 @@ def _items(args):
             raise ValueError(f"--sessions {args.sessions}: {args.data} holds only {len(items)} items; "
                              "ask for fewer or write a new folder")
         return items[: args.sessions or len(items)], meta.get("seed")
-    items = make_items(args.sessions or DEFAULT_SESSIONS, args.seed, args.turns, phrasings=args.phrasings)
+    items = make_items(args.sessions or DEFAULT_SESSIONS, args.seed, args.turns, phrasings=args.phrasings,
+                       recall=args.recall)
     if args.data:
         print(f"wrote {save_items(items, args.data, args.seed)} and {len(items)} sessions of PNGs", file=sys.stderr)
     return items, args.seed
@@ -317,6 +322,8 @@ def cmd_eval_shapes(args) -> int:
         settings["phrasings"] = args.phrasings
     if args.history != "true":
         settings["history"] = args.history
+    if args.recall:
+        settings["recall"] = args.recall
     if model is not None:
         settings.update(steps=args.steps or model.config.sampler.steps,
                         cfg=args.cfg if args.cfg is not None else model.config.sampler.cfg_scale)

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 from vincie_train.synth.dynamics import WorldConfig, apply_edit, propose_edit, roe_from_masks, sample_scene
 from vincie_train.synth.instructions import EDIT_TYPES, Change, category_of, describe_changes, diff_scenes
+from vincie_train.synth.undo import sample_undo
 from vincie_train.synth.world import Scene, render, render_layers
 
 from .judge import ImageLike, JudgeConfig, TurnVerdict, judge_turn, mask_iou
@@ -63,6 +64,8 @@ class ShapesItem:
         instructions: one per turn (eval phrasings).
         changes: the semantic change(s) of each turn (``diff_scenes(scenes[k - 1], scenes[k])``).
         size: frame side in pixels.
+        back: per turn, whether it undoes an earlier change and is phrased by reference ("move the red
+            circle back"), so that only the history tells what to do (the recall variant); empty = none.
     """
 
     id: str
@@ -70,6 +73,11 @@ class ShapesItem:
     instructions: tuple[str, ...]
     changes: tuple[tuple[Change, ...], ...]
     size: int = 64
+    back: tuple[bool, ...] = ()
+
+    def is_back(self, turn: int) -> bool:
+        """Whether turn ``turn`` (1-based) is phrased by reference to the history."""
+        return bool(self.back) and self.back[turn - 1]
 
     @property
     def n_turns(self) -> int:
@@ -93,7 +101,8 @@ class ShapesItem:
     def to_dict(self) -> dict:
         return {"id": self.id, "instructions": list(self.instructions), "categories": list(self.categories),
                 "scenes": [s.to_dict() for s in self.scenes],
-                "changes": [[c.to_dict() for c in ch] for ch in self.changes]}
+                "changes": [[c.to_dict() for c in ch] for ch in self.changes],
+                **({"back": list(self.back)} if any(self.back) else {})}
 
     @classmethod
     def from_dict(cls, d: dict, size: int = 64) -> ShapesItem:
@@ -103,7 +112,7 @@ class ShapesItem:
                              "instructions; expected one more scene than instructions")
         # Changes are recomputed from the scenes (the stored ones are for readers of the file).
         changes = tuple(tuple(diff_scenes(a, b)) for a, b in itertools.pairwise(scenes))
-        return cls(d["id"], scenes, tuple(d["instructions"]), changes, size)
+        return cls(d["id"], scenes, tuple(d["instructions"]), changes, size, tuple(bool(b) for b in d.get("back", ())))
 
 
 def _draw_edit(scene: Scene, rng: np.random.Generator, config: WorldConfig, deck: list[str]):
@@ -121,7 +130,7 @@ def _draw_edit(scene: Scene, rng: np.random.Generator, config: WorldConfig, deck
 
 
 def make_items(n_sessions: int = DEFAULT_SESSIONS, seed: int = DEFAULT_SEED, n_turns: int = DEFAULT_TURNS,
-               config: WorldConfig = BENCH_WORLD, phrasings: str = "eval") -> list[ShapesItem]:
+               config: WorldConfig = BENCH_WORLD, phrasings: str = "eval", recall: float = 0.0) -> list[ShapesItem]:
     """The benchmark sessions for ``seed``. The first ``n`` items do not depend on ``n_sessions``.
 
     Args:
@@ -131,6 +140,11 @@ def make_items(n_sessions: int = DEFAULT_SESSIONS, seed: int = DEFAULT_SEED, n_t
         config: the world; keep the identity camera and full light (the judge assumes them).
         phrasings: ``"eval"`` (held-out wordings, the benchmark) or ``"train"`` (the training wordings: a
             diagnostic that separates unseen phrasing from editing skill; scenes and edits are identical).
+        recall: the recall variant (0 = the benchmark itself): from turn 2 on, each turn is with this
+            probability an undo of the latest change of one thing (:func:`vincie_train.synth.undo.sample_undo`)
+            phrased by reference ("put the red circle back", "restore the background"), which only the
+            session's history can resolve. Drawn from a stream of its own; items differ from the
+            benchmark's from their first such turn on.
 
     Returns:
         ``n_sessions`` :class:`ShapesItem`, ids ``s000, s001, ...``.
@@ -141,21 +155,27 @@ def make_items(n_sessions: int = DEFAULT_SESSIONS, seed: int = DEFAULT_SEED, n_t
         raise ValueError(f"make_items: phrasings={phrasings!r}; use 'eval' (the benchmark) or 'train'")
     if seed < 0:
         raise ValueError(f"make_items: seed={seed}; use a non-negative integer")
+    if not 0.0 <= recall <= 1.0:
+        raise ValueError(f"make_items: recall={recall}; use a probability within [0, 1]")
     rng = np.random.default_rng([BENCH_SALT, seed])
+    recalls = np.random.default_rng([BENCH_SALT, seed, 2])
     # Wordings draw from their own stream, so both phrasings give the same scenes and edits.
     words = np.random.default_rng([BENCH_SALT, seed, 1])
     deck: list[str] = []
     items = []
     for index in range(n_sessions):
-        scenes, instructions, changes = [sample_scene(rng, config)], [], []
+        scenes, instructions, changes, back = [sample_scene(rng, config)], [], [], []
         for _ in range(n_turns):
-            edit = _draw_edit(scenes[-1], rng, config, deck)
+            edit = sample_undo(scenes, recalls, config) if recall > 0 and recalls.random() < recall else None
+            back.append(edit is not None)
+            edit = edit or _draw_edit(scenes[-1], rng, config, deck)
             nxt = apply_edit(scenes[-1], edit, rng, config)
             change = diff_scenes(scenes[-1], nxt)
-            instructions.append(describe_changes(change, words, split=phrasings)[0])
+            instructions.append(describe_changes(change, words, split=phrasings, back=back[-1])[0])
             changes.append(tuple(change))
             scenes.append(nxt)
-        items.append(ShapesItem(f"s{index:03d}", tuple(scenes), tuple(instructions), tuple(changes), config.size))
+        items.append(ShapesItem(f"s{index:03d}", tuple(scenes), tuple(instructions), tuple(changes), config.size,
+                                tuple(back) if any(back) else ()))
     return items
 
 
@@ -215,6 +235,7 @@ class TurnRecord:
     seconds: float
     iou_current: float | None = None
     iou_next: float | None = None
+    back: bool = False  # phrased by reference to the history (recall variant)
 
     @property
     def category(self) -> str:
@@ -274,7 +295,7 @@ def run_shapes_bench(items: list[ShapesItem], editor: EditorFactory, *, masks: b
             seconds = time.perf_counter() - start
             verdict = judge_turn(image, item.scenes[turn - 1], item.scenes[turn], list(item.changes[turn - 1]),
                                  judge, item.size)
-            records.append(TurnRecord(item.id, turn, verdict, seconds, *ious))
+            records.append(TurnRecord(item.id, turn, verdict, seconds, *ious, back=item.is_back(turn)))
             if teacher_forced:
                 session.follow_truth(instruction, item.image(turn))
             elif not verdict.success:
@@ -335,6 +356,7 @@ def summarize(result: BenchResult) -> dict:
             "prompt_following": _rate(rs, "prompt_following"),
             "consistency": _rate(rs, "consistency"),
         }
+    back = [r for r in recs if r.back]
     iou_c = [r.iou_current for r in recs if r.iou_current is not None]
     iou_n = [r.iou_next for r in recs if r.iou_next is not None]
     return {
@@ -345,6 +367,7 @@ def summarize(result: BenchResult) -> dict:
         "cumulative_success": cumulative_success(outcomes, n),
         "turn_success": [_rate(rs, "success") for rs in reached],
         "per_category": per_category,
+        "recall_turns": {"n": len(back), "success": _rate(back, "success")},
         "prompt_following": _rate(recs, "prompt_following"),
         "consistency": _rate(recs, "consistency"),
         "consistency_score": _mean([r.verdict.consistency_score for r in recs]),
@@ -389,6 +412,9 @@ def format_report(summary: dict, title: str = "ShapesBench", baselines: dict[str
               f"mask IoU: current {_f(iou['current'])}, next {_f(iou['next'])} ({iou['n']} turns)"
               + (f"; masks failed: {iou['error']}" if iou.get("error") else ""),
               f"seconds per turn: {_f(summary['seconds_per_turn'], 3)}"]
+    recall = summary.get("recall_turns") or {"n": 0}
+    if recall["n"]:
+        lines.append(f"turns phrased by reference to the history (recall): {recall['n']}, success {_f(recall['success'])}")
     if summary["failure_kinds"]:
         lines.append("failed turns by kind: " + ", ".join(f"{k} {v}" for k, v in summary["failure_kinds"].items()))
     if baselines:

@@ -39,6 +39,7 @@ from .instructions import (
     templates_for,
 )
 from .parse import parse_scene, scene_signature
+from .undo import sample_undo, undo_edits, undo_span
 from .video import SynthVideo, load_sidecar, rle_decode, rle_encode, sample_video, synth_dataset, write_synth_video
 from .world import (
     BACKGROUNDS,
@@ -89,9 +90,12 @@ __all__ = [
     "sample_edit",
     "sample_scene",
     "sample_transition_session",
+    "sample_undo",
     "sample_video",
     "scene_signature",
     "synth_dataset",
     "templates_for",
+    "undo_edits",
+    "undo_span",
     "write_synth_video",
 ]

@@ -86,6 +86,28 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
         ),
         "eval": ("paint the background {bg}", "switch the background to {bg}"),
     },
+    # Undoing an earlier change, by reference (train/synth/undo.py): the value to restore is only in
+    # the session's history. Used only where a turn restores the state before the latest change.
+    "add_back": {
+        "train": ("put the {color} {shape} back", "bring back the {color} {shape}"),
+        "eval": ("restore the {color} {shape}", "return the {color} {shape} to the picture"),
+    },
+    "move_back": {
+        "train": ("move the {obj} back", "slide the {obj} back to where it was"),
+        "eval": ("drag the {obj} back", "return the {obj} to its old place"),
+    },
+    "recolor_back": {
+        "train": ("change the {obj} back to its old colour", "make the {obj} its old colour again"),
+        "eval": ("restore the colour of the {obj}", "paint the {obj} its earlier colour"),
+    },
+    "resize_back": {
+        "train": ("change the {obj} back to its old size", "make the {obj} its old size again"),
+        "eval": ("restore the size of the {obj}", "scale the {obj} back to its earlier size"),
+    },
+    "background_back": {
+        "train": ("change the background back", "make the background as it was again"),
+        "eval": ("restore the background", "switch the background back"),
+    },
     "lighting_dim": {
         "train": ("make the scene darker", "dim the lights", "darken the image"),
         "eval": ("lower the lighting", "turn the lights down"),
@@ -232,9 +254,15 @@ def templates_for(key: str, split: Split) -> tuple[str, ...]:
     return TEMPLATES[key][split]
 
 
-def describe_change(change: Change, rng: np.random.Generator, split: Split = "train") -> str:
-    """One phrase for one change, template drawn with ``rng`` from the ``split`` phrasings."""
-    options = templates_for(_template_key(change), split)
+BACK_KEYS = tuple(k[: -len("_back")] for k in TEMPLATES if k.endswith("_back"))
+
+
+def describe_change(change: Change, rng: np.random.Generator, split: Split = "train", back: bool = False) -> str:
+    """One phrase for one change, template drawn with ``rng`` from the ``split`` phrasings; ``back``: the
+    change undoes an earlier one, phrased by reference ("move the red circle back") where a back
+    phrasing exists for its kind."""
+    key = _template_key(change)
+    options = templates_for(f"{key}_back" if back and key in BACK_KEYS else key, split)
     template = options[int(rng.integers(len(options)))]
     o = change.object
     fields = {
@@ -253,7 +281,7 @@ def describe_change(change: Change, rng: np.random.Generator, split: Split = "tr
 
 
 def describe_changes(
-    changes: list[Change], rng: np.random.Generator, split: Split = "train"
+    changes: list[Change], rng: np.random.Generator, split: Split = "train", back: bool = False
 ) -> tuple[str, str]:
     """Instruction and camera tag for a transition.
 
@@ -266,7 +294,8 @@ def describe_changes(
     """
     content = [c for c in changes if not c.type.startswith("camera")]
     shown = content if content else changes
-    return " and ".join(describe_change(c, rng, split) for c in shown), camera_tag(changes)
+    back = back and len(shown) == 1  # "... back" names one change; two at once are spelled out
+    return " and ".join(describe_change(c, rng, split, back) for c in shown), camera_tag(changes)
 
 
 def category_of(changes: list[Change]) -> str:

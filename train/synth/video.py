@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .dynamics import Edit, WorldConfig, apply_edit, propose_edit, sample_scene
+from .undo import sample_undo
 from .instructions import CHANGE_TYPES
 from .world import BACKGROUNDS, COLORS, SIZES, Camera, Scene, SceneObject, render_layers
 
@@ -151,6 +152,7 @@ def sample_video(
     config: WorldConfig = WorldConfig(),
     types: tuple[str, ...] = CHANGE_TYPES,
     first_type: str | None = None,
+    revert_prob: float = 0.0,
 ) -> SynthVideo:
     """A random video of ``round(fps * seconds)`` frames.
 
@@ -162,6 +164,10 @@ def sample_video(
         types: event types; drawn from a shuffled bag so each appears once before any repeats.
         first_type: the type of the first event (the dataset writer cycles it so that every type
             appears in any ``len(types)`` consecutive videos).
+        revert_prob: chance that an event undoes the latest change of one thing instead (an object
+            comes back, moves back, takes its old colour or size, the old background returns:
+            :func:`vincie_train.synth.undo.undo_edits`), when the video so far allows one. Such turns
+            are what a session's history is needed for.
 
     Returns:
         A :class:`SynthVideo` whose ``scenes[k]`` is the exact state of frame ``k``.
@@ -191,8 +197,12 @@ def sample_video(
         if not bag:
             bag = [types[int(k)] for k in rng.permutation(len(types))]
         edit = None
+        if revert_prob > 0 and events and rng.random() < revert_prob:
+            edit = sample_undo([events[0].before] + [e.after for e in events], rng, config)
+            if edit is not None and edit.type not in types:
+                edit = None
         # Take the first type in the bag that the current scene allows (others stay for later).
-        for k, kind in enumerate(bag):
+        for k, kind in enumerate(bag if edit is None else ()):
             edit = propose_edit(scene, kind, rng, config)
             if edit is not None:
                 bag.pop(k)
@@ -330,9 +340,10 @@ def write_synth_video(
     config: WorldConfig = WorldConfig(),
     lossless: bool = True,
     types: tuple[str, ...] = CHANGE_TYPES,
+    revert_prob: float = 0.0,
 ) -> Path:
     """Render video ``index`` of the dataset ``seed`` to ``out_dir/video_{index:05d}.mp4`` + ``.json``,
-    with events of ``types`` only (default: every change type).
+    with events of ``types`` only (default: every change type); ``revert_prob``: see :func:`sample_video`.
 
     Files are written under temporary names and renamed, so a crash leaves no half video.
 
@@ -341,7 +352,8 @@ def write_synth_video(
     """
     rng = np.random.default_rng([seed, index])
     duration = float(rng.uniform(*seconds))
-    video = sample_video(rng, fps, duration, config, types, first_type=types[index % len(types)])
+    video = sample_video(rng, fps, duration, config, types, first_type=types[index % len(types)],
+                         revert_prob=revert_prob)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mp4, side = out / f"video_{index:05d}.mp4", out / f"video_{index:05d}.json"
@@ -364,9 +376,11 @@ def synth_dataset(
     lossless: bool = True,
     progress: bool = True,
     types: tuple[str, ...] = CHANGE_TYPES,
+    revert_prob: float = 0.0,
 ) -> list[Path]:
     """Write ``n_videos`` synthetic videos (+ sidecars) to ``out_dir``; deterministic given ``seed``.
     ``types``: the change types events are drawn from (``CHANGE_TYPES``, the default, or a subset).
+    ``revert_prob``: the chance that an event undoes an earlier change (:func:`sample_video`).
 
     Example:
         >>> paths = synth_dataset("/tmp/synth", 2, seed=0, progress=False)  # doctest: +SKIP
@@ -377,11 +391,13 @@ def synth_dataset(
         raise ValueError(f"synth_dataset: n_videos={n_videos} must be >= 1")
     if not 0 < seconds[0] <= seconds[1]:
         raise ValueError(f"synth_dataset: seconds={seconds} must satisfy 0 < min <= max")
+    if not 0.0 <= revert_prob <= 1.0:
+        raise ValueError(f"synth_dataset: revert_prob={revert_prob} must be within [0, 1]")
     unknown = [t for t in types if t not in CHANGE_TYPES]
     if unknown or not types:
         raise ValueError(f"synth_dataset: unknown change types {unknown or 'none given'}; "
                          f"known: {', '.join(CHANGE_TYPES)}")
     paths = []
     for i in tqdm(range(n_videos), desc="synth videos", disable=not progress):
-        paths.append(write_synth_video(out_dir, i, seed, fps, seconds, config, lossless, tuple(types)))
+        paths.append(write_synth_video(out_dir, i, seed, fps, seconds, config, lossless, tuple(types), revert_prob))
     return paths
