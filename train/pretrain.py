@@ -197,9 +197,15 @@ def kept_parts(record: SessionRecord, keep) -> list[SessionRecord]:
     return parts
 
 
+def back_phrasing(turn) -> dict | None:
+    """The turn's phrasing by reference to the history, ``{"instruction", "span"}``, if annotated
+    (``vincie data build --back-phrasing``)."""
+    return (turn.extra or {}).get("back")
+
+
 def instructions_of(turn) -> list[str]:
     """Every wording a turn can be trained with: its instruction and, if annotated, its back phrasing."""
-    back = (turn.extra or {}).get("back")
+    back = back_phrasing(turn)
     return [turn.instruction] + ([back["instruction"]] if back else [])
 
 
@@ -207,8 +213,8 @@ def with_back_instructions(record: SessionRecord) -> SessionRecord:
     """The session with each turn that has a back phrasing (``extra["back"]``, written by the synthetic
     annotator with ``--back-phrasing``) worded by it when the session holds the frame that phrasing
     refers to (``span`` frames before the turn's source); turns cut off from it keep the explicit one."""
-    turns = [dataclasses.replace(t, instruction=t.extra["back"]["instruction"])
-             if (t.extra or {}).get("back") and k >= int(t.extra["back"]["span"]) else t
+    turns = [dataclasses.replace(t, instruction=back_phrasing(t)["instruction"])
+             if back_phrasing(t) and k >= int(back_phrasing(t)["span"]) else t
              for k, t in enumerate(record.turns)]
     return SessionRecord(record.key, record.frames, turns, record.provenance)
 
@@ -220,7 +226,7 @@ def recall_turns(sessions: list[SessionRecord], min_turns: int, max_turns: int) 
     out = []
     for s, record in enumerate(sessions):
         for k, turn in enumerate(record.turns):
-            back = (turn.extra or {}).get("back")
+            back = back_phrasing(turn)
             if back:
                 fewest = max(int(back["span"]) + 1, min_turns)
                 if fewest <= min(max_turns, k + 1):
@@ -299,13 +305,11 @@ class SessionPool:
                 record = self.sessions[s]
                 turns = int(rng.integers(shortest, min(self.config.max_turns, turn + 1) + 1))
                 start = turn + 1 - turns
-                out.append(with_back_instructions(SessionRecord(record.key, record.frames[start: turn + 2],
-                                                                record.turns[start: turn + 1], record.provenance)))
-                continue
-            record = self.sessions[int(rng.integers(len(self.sessions)))]
-            turns = int(rng.integers(self.config.min_turns, self.config.max_turns + 1))
-            turns = min(turns, len(record.turns))
-            start = int(rng.integers(0, len(record.turns) - turns + 1))
+            else:
+                record = self.sessions[int(rng.integers(len(self.sessions)))]
+                turns = int(rng.integers(self.config.min_turns, self.config.max_turns + 1))
+                turns = min(turns, len(record.turns))
+                start = int(rng.integers(0, len(record.turns) - turns + 1))
             out.append(with_back_instructions(SessionRecord(record.key, record.frames[start: start + turns + 1],
                                                             record.turns[start: start + turns], record.provenance)))
         return out

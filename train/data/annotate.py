@@ -245,8 +245,9 @@ class SyntheticAnnotator:
         extra = {}
         if self.back_prob > 0:
             back_rng = np.random.default_rng([zlib.crc32(clip.key.encode()), i, 1])
-            span = undo_span([frames[clip.indices[j]]["scene"] for j in range(i + 1)], b)
-            if span is not None and back_rng.random() < self.back_prob:
+            # Draw first: the history search is skipped for the turns that stay explicit anyway.
+            if back_rng.random() < self.back_prob and (
+                    span := undo_span([frames[clip.indices[j]]["scene"] for j in range(i + 1)], b)) is not None:
                 extra["back"] = {"instruction": describe_changes(changes, back_rng, self.split, back=True)[0],
                                  "span": span}
         names_a = {o.id: o.describe() for o in a.objects}
