@@ -213,10 +213,12 @@ def with_back_instructions(record: SessionRecord) -> SessionRecord:
     """The session with each turn that has a back phrasing (``extra["back"]``, written by the synthetic
     annotator with ``--back-phrasing``) worded by it when the session holds the frame that phrasing
     refers to (``span`` frames before the turn's source); turns cut off from it keep the explicit one."""
-    turns = [dataclasses.replace(t, instruction=back_phrasing(t)["instruction"])
-             if back_phrasing(t) and k >= int(back_phrasing(t)["span"]) else t
-             for k, t in enumerate(record.turns)]
-    return SessionRecord(record.key, record.frames, turns, record.provenance)
+    def worded(k: int, turn):
+        back = back_phrasing(turn)
+        return dataclasses.replace(turn, instruction=back["instruction"]) if back and k >= int(back["span"]) else turn
+
+    return SessionRecord(record.key, record.frames, [worded(k, t) for k, t in enumerate(record.turns)],
+                         record.provenance)
 
 
 def recall_turns(sessions: list[SessionRecord], min_turns: int, max_turns: int) -> list[tuple[int, int, int]]:

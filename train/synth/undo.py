@@ -121,6 +121,10 @@ def _state(scene: Scene) -> tuple:
     return scene_signature(scene), scene.background_style, round(scene.light, 3), scene.camera
 
 
+# What an object edit sets, read from an object.
+_OBJECT_VALUE = {"move": lambda o: cell_of(o.x, o.y), "recolor": lambda o: o.color, "resize": lambda o: o.size}
+
+
 def _last_shown(history: Sequence[Scene], edit: Edit) -> int:
     """The latest frame of ``history`` (before the last) that shows the state ``edit`` restores."""
     for j in range(len(history) - 2, -1, -1):
@@ -135,9 +139,7 @@ def _last_shown(history: Sequence[Scene], edit: Edit) -> int:
                 return j
         else:
             obj = scene.find(edit.object_id)
-            value = {"move": lambda o: cell_of(o.x, o.y), "recolor": lambda o: o.color,
-                     "resize": lambda o: o.size}[edit.type](obj) if obj is not None else None
-            if value == edit.value:
+            if obj is not None and _OBJECT_VALUE[edit.type](obj) == edit.value:
                 return j
     raise ValueError(f"_last_shown: no frame of the history shows what {edit} restores")
 
