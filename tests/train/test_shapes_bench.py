@@ -190,6 +190,7 @@ def test_oracle_scores_exactly_one_at_every_turn(items100):
     assert s["prompt_following"] == s["consistency"] == 1.0
     assert s["mask_iou"]["current"] == s["mask_iou"]["next"] == 1.0 and s["mask_iou"]["n"] == 100
     assert all(c["all"]["success"] == 1.0 for c in s["per_category"].values())
+    assert s["pixel_distance"] == {"l1": [0.0] * 5, "l2": [0.0] * 5}
 
 
 def test_copy_scores_about_zero(items100):
@@ -197,6 +198,12 @@ def test_copy_scores_about_zero(items100):
     assert s["cumulative_success"][0] <= 0.02
     assert s["evaluated_turns"] == 50  # every session stopped at its first (failed) turn
     assert s["consistency"] == 1.0 and s["mask_iou"]["n"] == 0
+    # L1 / L2 to the true image are MagicBrush's, computed by hand here for the first session.
+    item = items100[0]
+    diff = np.asarray(item.image(0), float) / 255 - np.asarray(item.image(1), float) / 255
+    first = summarize(run_shapes_bench(items100[:1], copy_editor))["pixel_distance"]
+    assert first["l1"][0] == pytest.approx(np.abs(diff).mean()) and first["l2"][0] == pytest.approx((diff ** 2).mean())
+    assert first["l1"][0] > 0 and first["l1"][1:] == [None] * 4
 
 
 def test_cumulative_aggregation_matches_hand_computation():

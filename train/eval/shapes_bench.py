@@ -37,7 +37,8 @@ from vincie_train.synth.instructions import EDIT_TYPES, Change, category_of, des
 from vincie_train.synth.undo import sample_undo
 from vincie_train.synth.world import Scene, render, render_layers
 
-from .judge import ImageLike, JudgeConfig, TurnVerdict, judge_turn, mask_iou
+from .judge import ImageLike, JudgeConfig, TurnVerdict, judge_turn, mask_iou, to_rgb_array
+from .magicbrush import distances
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,10 @@ class TurnRecord:
     iou_current: float | None = None
     iou_next: float | None = None
     back: bool = False  # phrased by reference to the history (recall variant)
+    # MagicBrush's L1 / L2 against the ground-truth image of the turn (the paper's Table 4 measures context
+    # with these); None when the editor returned no image.
+    l1: float | None = None
+    l2: float | None = None
 
     @property
     def category(self) -> str:
@@ -295,9 +300,12 @@ def run_shapes_bench(items: list[ShapesItem], editor: EditorFactory, *, masks: b
             seconds = time.perf_counter() - start
             verdict = judge_turn(image, item.scenes[turn - 1], item.scenes[turn], list(item.changes[turn - 1]),
                                  judge, item.size)
-            records.append(TurnRecord(item.id, turn, verdict, seconds, *ious, back=item.is_back(turn)))
+            target = item.image(turn)
+            l1, l2 = (None, None) if image is None else distances(
+                Image.fromarray(to_rgb_array(image, item.size)), target)
+            records.append(TurnRecord(item.id, turn, verdict, seconds, *ious, back=item.is_back(turn), l1=l1, l2=l2))
             if teacher_forced:
-                session.follow_truth(instruction, item.image(turn))
+                session.follow_truth(instruction, target)
             elif not verdict.success:
                 break
     return BenchResult(records, len(items), max(i.n_turns for i in items), mask_error, teacher_forced)
@@ -366,6 +374,10 @@ def summarize(result: BenchResult) -> dict:
         "evaluated_turns": len(recs),
         "cumulative_success": cumulative_success(outcomes, n),
         "turn_success": [_rate(rs, "success") for rs in reached],
+        # Per turn, over the turns evaluated there (all of them when teacher-forced; otherwise only sessions
+        # that got that far, so compare editors on teacher-forced runs).
+        "pixel_distance": {k: [_mean([getattr(r, k) for r in rs if getattr(r, k) is not None]) for rs in reached]
+                           for k in ("l1", "l2")},
         "per_category": per_category,
         "recall_turns": {"n": len(back), "success": _rate(back, "success")},
         "prompt_following": _rate(recs, "prompt_following"),
@@ -377,7 +389,7 @@ def summarize(result: BenchResult) -> dict:
         "failure_kinds": dict(sorted(Counter(k for r in recs for k in set(r.verdict.failure_kinds)).items())),
         "sessions": [{"id": item, "turns": [{"turn": r.turn, "category": r.category, "success": r.verdict.success,
                                              "prompt_following": r.verdict.prompt_following,
-                                             "consistency": r.verdict.consistency,
+                                             "consistency": r.verdict.consistency, "l1": r.l1, "l2": r.l2,
                                              "reasons": list(r.verdict.reasons)} for r in rs]}
                      for item, rs in by_item.items()],
     }
@@ -400,7 +412,9 @@ def format_report(summary: dict, title: str = "ShapesBench", baselines: dict[str
     lines = [f"{title}: {summary['n_sessions']} sessions x {n} turns, {summary['evaluated_turns']} turns evaluated", "",
              "| turn | " + " | ".join(map(str, turns)) + " |", "|---|" + "---:|" * n,
              "| cumulative success | " + " | ".join(_f(x) for x in summary["cumulative_success"]) + " |",
-             f"| {per_turn} | " + " | ".join(_f(x) for x in summary["turn_success"]) + " |", "",
+             f"| {per_turn} | " + " | ".join(_f(x) for x in summary["turn_success"]) + " |",
+             *(f"| {k.upper()} to the true image | " + " | ".join(_f(x, 4) for x in v) + " |"
+               for k, v in summary.get("pixel_distance", {}).items()), "",
              "| category | turn-1 n | turn-1 success | all n | all success | prompt following | consistency |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for cat, c in summary["per_category"].items():
