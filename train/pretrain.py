@@ -67,6 +67,10 @@ class DataConfig:
     # uniformly, a few percent of the targets are such turns, and a model trained on them for an hour
     # did not learn to resolve them (docs/training.md, stage 4).
     recall_share: float = 0.0
+    # Share of the drawn samples that end at a turn of one of these categories (after ``recall_share``'s
+    # draw): more of the edits a model does worst, without dropping the others' (``categories`` does that).
+    focus_categories: tuple[str, ...] = ()
+    focus_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,7 @@ class TrainConfig(ObjectiveConfig):
             d = dict(data["data"])
             d["shards"] = tuple(d.get("shards", ()))
             d["categories"] = tuple(d.get("categories", ()))
+            d["focus_categories"] = tuple(d.get("focus_categories", ()))
             data["data"] = DataConfig(**d)
         if "composition" in data:
             data["composition"] = CompositionConfig(**data["composition"])
@@ -276,7 +281,7 @@ class SessionPool:
                 raise ValueError(f"no turns of categories {sorted(wanted)} in {list(config.shards)} "
                                  f"(data.categories); the shards have {found}")
         self.config = config
-        self._index_recall_turns()
+        self._index_ending_turns()
         log.info("loaded %d sessions from %s", len(self.sessions), list(config.shards))
 
     @classmethod
@@ -287,34 +292,49 @@ class SessionPool:
         pool = cls.__new__(cls)
         pool.sessions, pool.config = list(sessions), config
         pool.corpus = pool.sessions
-        pool._index_recall_turns()
+        pool._index_ending_turns()
         return pool
 
-    def _index_recall_turns(self) -> None:
+    def _index_ending_turns(self) -> None:
         self.recall_turns = recall_turns(self.sessions, self.config.min_turns, self.config.max_turns)
         if self.config.recall_share > 0 and not self.recall_turns:
             raise ValueError(f"data.recall_share={self.config.recall_share} but no turn of {list(self.config.shards)} "
                              "has a back phrasing within reach of a sample of data.max_turns turns (build the "
                              "shards with `vincie data build --back-phrasing`)")
+        wanted = set(self.config.focus_categories)
+        self.focus_turns = [(s, k) for s, record in enumerate(self.sessions) for k, turn in enumerate(record.turns)
+                            if turn.category in wanted]
+        if self.config.focus_share > 0 and not self.focus_turns:
+            found = sorted({t.category for s in self.sessions for t in s.turns})
+            raise ValueError(f"data.focus_share={self.config.focus_share} but no turn of the kept sessions has a "
+                             f"category in data.focus_categories={sorted(wanted)}; they have {found}")
 
     def draw(self, rng: np.random.Generator, n: int) -> list[SessionRecord]:
         out = []
-        share = self.config.recall_share
+        c = self.config
         for _ in range(n):
-            # No extra draw without recall_share: earlier runs resume on the same samples.
-            if share > 0 and rng.random() < share:
+            # No extra draw without a share: earlier runs resume on the same samples.
+            if c.recall_share > 0 and rng.random() < c.recall_share:
                 s, turn, shortest = self.recall_turns[int(rng.integers(len(self.recall_turns)))]
-                record = self.sessions[s]
-                turns = int(rng.integers(shortest, min(self.config.max_turns, turn + 1) + 1))
-                start = turn + 1 - turns
+                window = self._ending_at(rng, s, turn, shortest)
+            elif c.focus_share > 0 and rng.random() < c.focus_share:
+                s, turn = self.focus_turns[int(rng.integers(len(self.focus_turns)))]
+                window = self._ending_at(rng, s, turn, min(c.min_turns, turn + 1))
             else:
-                record = self.sessions[int(rng.integers(len(self.sessions)))]
-                turns = int(rng.integers(self.config.min_turns, self.config.max_turns + 1))
-                turns = min(turns, len(record.turns))
-                start = int(rng.integers(0, len(record.turns) - turns + 1))
+                s = int(rng.integers(len(self.sessions)))
+                n_turns = len(self.sessions[s].turns)
+                turns = min(int(rng.integers(c.min_turns, c.max_turns + 1)), n_turns)
+                window = (s, int(rng.integers(0, n_turns - turns + 1)), turns)
+            s, start, turns = window
+            record = self.sessions[s]
             out.append(with_back_instructions(SessionRecord(record.key, record.frames[start: start + turns + 1],
                                                             record.turns[start: start + turns], record.provenance)))
         return out
+
+    def _ending_at(self, rng: np.random.Generator, s: int, turn: int, shortest: int) -> tuple[int, int, int]:
+        """``(session, start, turns)`` of a window of ``shortest``..``max_turns`` turns ending at ``turn``."""
+        turns = int(rng.integers(shortest, min(self.config.max_turns, turn + 1) + 1))
+        return s, turn + 1 - turns, turns
 
 
 # ----------------------------------------------------------------------------------------------

@@ -213,3 +213,25 @@ def test_back_phrasing_needs_one_change():
     b = dataclasses.replace(apply_edit(a, Edit("recolor", 1, "green")), background="navy")
     text, _ = describe_changes(diff_scenes(a, b), np.random.default_rng(0), "train", back=True)
     assert not {"back", "old"} & set(text.split()) and " and " in text, text
+
+
+def test_focus_share_draws_samples_ending_at_a_turn_of_the_focus_categories():
+    frames = [np.full((8, 8, 3), i, np.uint8) for i in range(6)]
+    cats = ["add", "background", "move", "remove", "background"]
+    sessions = [SessionRecord("k", frames, [TurnRecord(f"i{k}", category=c) for k, c in enumerate(cats)]),
+                SessionRecord("plain", frames[:3], [TurnRecord("a", category="add"), TurnRecord("b", category="move")])]
+    pool = SessionPool.from_sessions(sessions, DataConfig(min_turns=1, max_turns=3, focus_categories=("background",),
+                                                          focus_share=1.0))
+    drawn = pool.draw(np.random.default_rng(0), 300)
+    assert all(d.turns[-1].category == "background" for d in drawn)
+    assert {len(d.turns) for d in drawn} == {1, 2, 3}  # min_turns..max_turns, within the session
+    assert all(len(d.frames) == len(d.turns) + 1 and int(d.frames[-1][0, 0, 0]) in (2, 5) for d in drawn)
+    plain = SessionPool.from_sessions(sessions, DataConfig(min_turns=1, max_turns=3))
+    part = SessionPool.from_sessions(sessions, DataConfig(min_turns=1, max_turns=3, focus_categories=("background",),
+                                                          focus_share=0.4))
+    def share(p):
+        return np.mean([d.turns[-1].category == "background" for d in p.draw(np.random.default_rng(1), 3000)])
+    base = share(plain)
+    assert abs(share(part) - (0.4 + 0.6 * base)) < 0.04  # the configured share plus uniform draws ending there
+    with pytest.raises(ValueError, match=r"focus_categories=\['resize'\].*'background'"):
+        SessionPool.from_sessions(sessions, DataConfig(focus_categories=("resize",), focus_share=0.5))
