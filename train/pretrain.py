@@ -164,9 +164,8 @@ class TrainConfig(ObjectiveConfig):
             raise ValueError(f"train config: unknown keys {unknown}; known keys: {sorted(known)}")
         if "data" in data:
             d = dict(data["data"])
-            d["shards"] = tuple(d.get("shards", ()))
-            d["categories"] = tuple(d.get("categories", ()))
-            d["focus_categories"] = tuple(d.get("focus_categories", ()))
+            for key in ("shards", "categories", "focus_categories"):  # YAML lists → the dataclass's tuples
+                d[key] = tuple(d.get(key, ()))
             data["data"] = DataConfig(**d)
         if "composition" in data:
             data["composition"] = CompositionConfig(**data["composition"])
@@ -241,6 +240,11 @@ def recall_turns(sessions: list[SessionRecord], min_turns: int, max_turns: int) 
     return out
 
 
+def categories_in(sessions: list[SessionRecord]) -> list[str]:
+    """The sorted turn categories of ``sessions`` (for error messages)."""
+    return sorted({t.category for s in sessions for t in s.turns})
+
+
 def static_camera_parts(record: SessionRecord) -> list[SessionRecord]:
     """The maximal runs of consecutive static-camera turns of a session, each as a session."""
     return kept_parts(record, lambda turn: (turn.camera or CAMERA_NONE) == CAMERA_NONE)
@@ -277,9 +281,8 @@ class SessionPool:
             wanted = set(config.categories)
             self.sessions = [part for s in self.sessions for part in kept_parts(s, lambda t: t.category in wanted)]
             if not self.sessions:
-                found = sorted({t.category for s in self.corpus for t in s.turns})
                 raise ValueError(f"no turns of categories {sorted(wanted)} in {list(config.shards)} "
-                                 f"(data.categories); the shards have {found}")
+                                 f"(data.categories); the shards have {categories_in(self.corpus)}")
         self.config = config
         self._index_ending_turns()
         log.info("loaded %d sessions from %s", len(self.sessions), list(config.shards))
@@ -305,9 +308,9 @@ class SessionPool:
         self.focus_turns = [(s, k) for s, record in enumerate(self.sessions) for k, turn in enumerate(record.turns)
                             if turn.category in wanted]
         if self.config.focus_share > 0 and not self.focus_turns:
-            found = sorted({t.category for s in self.sessions for t in s.turns})
             raise ValueError(f"data.focus_share={self.config.focus_share} but no turn of the kept sessions has a "
-                             f"category in data.focus_categories={sorted(wanted)}; they have {found}")
+                             f"category in data.focus_categories={sorted(wanted)}; "
+                             f"they have {categories_in(self.sessions)}")
 
     def draw(self, rng: np.random.Generator, n: int) -> list[SessionRecord]:
         out = []
